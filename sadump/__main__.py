@@ -1,0 +1,3 @@
+from sadump.cli import main
+
+main()

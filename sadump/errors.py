@@ -1,0 +1,19 @@
+"""Typed failures. The CLI turns each into one line of text and an exit status."""
+
+
+class SadumpError(Exception):
+    """Base of every failure sadump reports to the user instead of a traceback."""
+
+
+class ImageError(SadumpError):
+    """The image cannot be read as the format it claims (truncated, corrupt, unknown)."""
+
+
+class AbsentMemoryError(SadumpError):
+    """A read touched physical memory that the image does not hold."""
+
+    def __init__(self, paddr: int, size: int, detail: str = ""):
+        self.paddr = paddr
+        self.size = size
+        msg = f"memory [{paddr:#x}, {paddr + size:#x}) is not present in the image"
+        super().__init__(f"{msg}: {detail}" if detail else msg)

@@ -1,0 +1,132 @@
+"""The one interface every memory-image reader gives (volatility3-style layer).
+
+A raw image, an ELF core, an s390 dump and a kdump-compressed file differ only below
+this line: above it there are present ranges, `read(paddr, n)` that raises on absent
+memory, and the ELF notes the input carried.
+"""
+
+from __future__ import annotations
+
+import bisect
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from sadump.errors import AbsentMemoryError, SadumpError
+
+#: Largest single read the layer serves; callers bound image-supplied sizes below it.
+MAX_READ = 64 << 20
+
+
+@dataclass(frozen=True)
+class Note:
+    """One ELF note as carried by the input: name without NUL, type, descriptor bytes."""
+
+    name: str
+    type: int
+    desc: bytes
+
+
+@dataclass(frozen=True)
+class Extent:
+    """How a piece of physical memory is stored, for fast copying.
+
+    kind "file": the bytes sit unchanged at `file_offset` of `fileno`;
+    "zero": the reader knows they are all zero (hole, excluded or zero page);
+    "data": read them with `read()`.
+    """
+
+    paddr: int
+    size: int
+    kind: str
+    fileno: int = -1
+    file_offset: int = 0
+
+
+class PhysicalMemory(ABC):
+    """Physical memory of one system, as read from an image file."""
+
+    #: short format name: raw, elf, s390, kdump, kdump-flat
+    format: str = "?"
+
+    def __init__(self, path: str):
+        self.path = path
+        #: things the reader found off but could read around (QEMU quirks, ...)
+        self.warnings: list[str] = []
+        #: ELF notes carried by the input in file order (register notes, VMCOREINFO)
+        self.notes: list[Note] = []
+        #: the input says it is incomplete (s390 end marker, kdump INCOMPLETE flag)
+        self.incomplete: str | None = None
+        self._starts: list[int] = []
+        self._ranges: list[tuple[int, int]] = []
+
+    # ---- what a reader implements -------------------------------------------------
+    def _set_ranges(self, ranges: list[tuple[int, int]]) -> None:
+        """Store the present ranges sorted and merged; readers call this once."""
+        merged: list[tuple[int, int]] = []
+        for start, end in sorted(r for r in ranges if r[1] > r[0]):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        self._ranges = merged
+        self._starts = [r[0] for r in merged]
+
+    @abstractmethod
+    def _read(self, paddr: int, size: int) -> bytes:
+        """Return size bytes at paddr; the range is known to be present."""
+
+    def extents(self, start: int, end: int) -> Iterator[Extent]:
+        """Describe [start, end) (present memory) as extents; default: all "data"."""
+        yield Extent(start, end - start, "data")
+
+    def close(self) -> None:
+        """Release the file; safe to call twice."""
+
+    # ---- what everyone above uses -------------------------------------------------
+    def ranges(self) -> list[tuple[int, int]]:
+        """Present physical memory as sorted, disjoint [start, end) pairs."""
+        return list(self._ranges)
+
+    @property
+    def size(self) -> int:
+        """Bytes of memory present."""
+        return sum(e - s for s, e in self._ranges)
+
+    def is_present(self, paddr: int, size: int = 1) -> bool:
+        if paddr < 0 or size < 0:
+            return False
+        i = bisect.bisect_right(self._starts, paddr) - 1
+        return i >= 0 and paddr + size <= self._ranges[i][1]
+
+    def read(self, paddr: int, size: int) -> bytes:
+        """Read present memory; raise AbsentMemoryError for any byte not in the image."""
+        if size < 0 or size > MAX_READ:
+            raise SadumpError(f"refusing a read of {size:#x} bytes at {paddr:#x}")
+        if size == 0:
+            return b""
+        if not self.is_present(paddr, size):
+            raise AbsentMemoryError(paddr, size)
+        return self._read(paddr, size)
+
+    def read_u64(self, paddr: int) -> int:
+        return int.from_bytes(self.read(paddr, 8), "big")
+
+    def read_u32(self, paddr: int) -> int:
+        return int.from_bytes(self.read(paddr, 4), "big")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass
+class Probe:
+    """A registered reader: name, a cheap magic test on the first bytes, the opener."""
+
+    name: str
+    matches: object  # Callable[[bytes], bool]
+    open: object  # Callable[[str], PhysicalMemory]
+    aliases: tuple[str, ...] = field(default=())

@@ -1,0 +1,61 @@
+"""Raw physical memory: address = file offset (QEMU pmemsave, /dev/mem copies)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterator
+
+from sadump.errors import ImageError
+from sadump.formats.memory import Extent, PhysicalMemory
+
+
+class RawImage(PhysicalMemory):
+    format = "raw"
+
+    @staticmethod
+    def probe(head: bytes) -> bool:
+        return True  # the fallback: any file is raw memory
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise ImageError(f"{path}: cannot open: {e.strerror}") from None
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            os.close(self._fd)
+            raise ImageError(f"{path}: empty file")
+        self._map = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
+        self._set_ranges([(0, size)])
+
+    def _read(self, paddr: int, size: int) -> bytes:
+        return self._map[paddr : paddr + size]
+
+    def extents(self, start: int, end: int) -> Iterator[Extent]:
+        """File-backed extents; holes of a sparse image become zero extents."""
+        pos = start
+        while pos < end:
+            try:
+                data = os.lseek(self._fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole remains
+                data = end
+            data = min(data, end)
+            if data > pos:
+                yield Extent(pos, data - pos, "zero")
+                pos = data
+                if pos >= end:
+                    break
+            try:
+                hole = min(os.lseek(self._fd, pos, os.SEEK_HOLE), end)
+            except OSError:
+                hole = end
+            yield Extent(pos, hole - pos, "file", self._fd, pos)
+            pos = hole
+
+    def close(self) -> None:
+        if getattr(self, "_map", None) is not None:
+            self._map.close()
+            self._map = None
+            os.close(self._fd)

@@ -1,0 +1,90 @@
+"""image -> (swap view) -> MemInfo -> Decision: one call per arrow, plain data between."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sadump.formats import open_image
+from sadump.formats.memory import PhysicalMemory
+from sadump.formats.swap import SwappedMemory
+from sadump.ipl.decision import Decision, decide
+from sadump.ipl.ipib import Ipib, read_ipib
+from sadump.ipl.kernel_image import KernelImage, read_kernel_image
+from sadump.meminfo_reader import (
+    LowcoreAbi,
+    MemInfo,
+    VmcoreinfoFound,
+    find_vmcoreinfo,
+    read_lowcore_abi,
+    read_meminfo,
+)
+from sadump.vmcoreinfo import AddressTranslation
+
+MIB = 1 << 20
+
+
+@dataclass
+class Handoff:
+    """The image was taken after the hand-off: a kdump kernel runs at 0."""
+
+    oldmem_base: int
+    oldmem_size: int
+
+
+@dataclass
+class Analysis:
+    image: PhysicalMemory  # the file as it is
+    memory: PhysicalMemory  # the crashed system's memory (swap view when handed off)
+    handoff: Handoff | None
+    lowcore: LowcoreAbi
+    meminfo: MemInfo
+    vmcoreinfo: VmcoreinfoFound
+    ipib: Ipib | None
+    kernel: KernelImage | None  # what sits at the crashkernel base
+    decision: Decision
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def translation(self) -> AddressTranslation:
+        """Virtual->physical, from os_info value entries, else from VMCOREINFO keys."""
+        m = self.meminfo
+        if m.valid and m.value(5):
+            return AddressTranslation(m.value(4), m.value(5), m.value(6), m.value(8), m.value(9))
+        if self.vmcoreinfo.info is not None:
+            return AddressTranslation.from_vmcoreinfo(self.vmcoreinfo.info)
+        return AddressTranslation()
+
+    def close(self) -> None:
+        self.memory.close()
+
+
+def detect_handoff(image: PhysicalMemory) -> Handoff | None:
+    """A kernel at 0 whose parmarea holds a sane oldmem base/size is a running kdump kernel."""
+    kernel = read_kernel_image(image, 0)
+    b, s = kernel.oldmem_base, kernel.oldmem_size
+    if not kernel.has_marker or b == 0 or s == 0:
+        return None
+    if b % MIB or s % MIB or b < s or not image.is_present(b, s):
+        return None
+    return Handoff(b, s)
+
+
+def analyse_memory(image: PhysicalMemory) -> Analysis:
+    handoff = detect_handoff(image)
+    memory = SwappedMemory(image, handoff.oldmem_base, handoff.oldmem_size) if handoff else image
+    lowcore = read_lowcore_abi(memory)
+    meminfo = read_meminfo(memory, lowcore)
+    vmcoreinfo = find_vmcoreinfo(memory, meminfo, lowcore)
+    ipib = None if lowcore.error else read_ipib(memory, lowcore.ipib, lowcore.ipib_checksum)
+    kernel = read_kernel_image(memory, meminfo.crashkernel_addr) if meminfo.crashkernel_addr \
+        else None
+    decision = decide(meminfo, kernel)
+    warnings = list(image.warnings)
+    if image.incomplete:
+        warnings.append(f"incomplete image: {image.incomplete}")
+    return Analysis(image, memory, handoff, lowcore, meminfo, vmcoreinfo, ipib, kernel,
+                    decision, warnings)
+
+
+def analyse(path: str, input_format: str | None = None) -> Analysis:
+    return analyse_memory(open_image(path, input_format))

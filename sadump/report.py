@@ -1,0 +1,160 @@
+"""Render an Analysis: a JSON object for runbooks, a rich report for people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sadump.pipeline import Analysis
+
+
+def _hex(v: int | None) -> str:
+    return "-" if v is None else f"{v:#x}"
+
+
+def image_json(a: Analysis) -> dict[str, Any]:
+    img = a.image
+    return {
+        "path": img.path,
+        "format": img.format,
+        "size": img.size,
+        "ranges": [[s, e] for s, e in img.ranges()],
+        "warnings": a.warnings,
+        "incomplete": img.incomplete,
+        "taken_after_handoff": a.handoff is not None,
+        "handoff": None if a.handoff is None else {
+            "oldmem_base": a.handoff.oldmem_base, "oldmem_size": a.handoff.oldmem_size},
+    }
+
+
+def meminfo_json(a: Analysis) -> dict[str, Any]:
+    m = a.meminfo
+    return {
+        "pointer": m.pointer,
+        "found": m.found,
+        "valid": m.valid,
+        "magic_ok": m.magic_ok,
+        "version": list(m.version),
+        "checksum": {"stored": m.csum_stored, "computed": m.csum_computed, "ok": m.checksum_ok},
+        "crashkernel": {"addr": m.crashkernel_addr, "size": m.crashkernel_size},
+        "entries": [
+            {"index": e.index, "name": e.name, "kind": e.kind, "addr": e.addr, "size": e.size,
+             "csum": e.csum, "checksum_ok": e.checksum_ok, "status": e.status}
+            for e in m.entries
+        ],
+        "error_code": m.error_code,
+        "error": m.error or None,
+        "expected": m.expected or None,
+        "actual": m.actual or None,
+    }
+
+
+def vmcoreinfo_json(a: Analysis) -> dict[str, Any]:
+    v = a.vmcoreinfo
+    info = v.info
+    return {
+        "address": v.address,
+        "size": v.size,
+        "source": v.source or None,
+        "found": info is not None,
+        "error": v.error or None,
+        "osrelease": info.osrelease if info else None,
+        "pagesize": info.pagesize if info else None,
+        "crashtime": info.crashtime if info else None,
+        "kerneloffset": info.kerneloffset if info else None,
+        "build_id": info.get("BUILD-ID") if info else None,
+    }
+
+
+def decision_json(a: Analysis) -> dict[str, Any]:
+    d = a.decision
+    return {"path": d.path, "reason_code": d.reason_code, "reason": d.reason,
+            "entry_point": d.entry_point}
+
+
+def analysis_json(a: Analysis) -> dict[str, Any]:
+    lc = a.lowcore
+    return {
+        "image": image_json(a),
+        "lowcore": {"ipib": lc.ipib, "ipib_checksum": lc.ipib_checksum,
+                    "vmcore_info": lc.vmcore_info, "os_info": lc.os_info,
+                    "error": lc.error or None},
+        "meminfo": meminfo_json(a),
+        "vmcoreinfo": vmcoreinfo_json(a),
+        "ipib": None if a.ipib is None else {
+            "address": a.ipib.address, "length": a.ipib.length, "type": a.ipib.type,
+            "checksum": {"stored": a.ipib.stored_checksum, "computed": a.ipib.computed_checksum,
+                         "ok": a.ipib.checksum_ok},
+            "error": a.ipib.error or None},
+        "kdump_kernel": None if a.kernel is None else {
+            "base": a.kernel.base, "present": a.kernel.present, "s390ep": a.kernel.has_marker,
+            "entry_point": a.kernel.kdump_entry if a.kernel.has_kdump_entry else None,
+            "oldmem": [a.kernel.oldmem_base, a.kernel.oldmem_size],
+            "command_line": a.kernel.command_line},
+        "decision": decision_json(a),
+    }
+
+
+def trigger_sentence(a: Analysis) -> str:
+    d, m = a.decision, a.meminfo
+    if d.path == "kdump":
+        size = m.crashkernel_size
+        return (f"a trigger would swap [0, {size:#x}) with [{m.crashkernel_addr:#x}, "
+                f"{m.crashkernel_addr + size:#x}) and start the kdump kernel at {d.entry_point:#x}")
+    return f"a trigger would fall back to a full dump: {d.reason} ({d.reason_code:#x})"
+
+
+def render_inspect(a: Analysis, console) -> None:
+    """The human report: structure, every check, entries, VMCOREINFO, decision."""
+    from rich.table import Table
+
+    ok = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}
+    img, m, v = a.image, a.meminfo, a.vmcoreinfo
+    console.print(f"[bold]{img.path}[/]: {img.format}, {img.size / (1 << 20):.1f} MiB present in "
+                  f"{len(img.ranges())} range(s): "
+                  + ", ".join(f"[{s:#x}, {e:#x})" for s, e in img.ranges()[:4])
+                  + (" ..." if len(img.ranges()) > 4 else ""))
+    if a.handoff:
+        console.print(f"[yellow]image taken after the hand-off to kdump[/]: the crashed system's "
+                      f"[0, {a.handoff.oldmem_size:#x}) is read from {a.handoff.oldmem_base:#x}")
+    checks = Table(title="os_info checks (lowcore 0xE18)", show_header=True)
+    for col in ("check", "result", "expected", "actual"):
+        checks.add_column(col)
+    ptr_ok = m.pointer not in (None, 0) and m.pointer % 4096 == 0 and m.found or m.magic_ok
+    checks.add_row("pointer non-zero, aligned, present", ok[bool(ptr_ok) if m.pointer else False],
+                   "page in memory", _hex(m.pointer))
+    checks.add_row("magic OSINFOSZ", ok[m.magic_ok if m.pointer is not None else None],
+                   "OSINFOSZ", m.magic.decode("ascii", "replace") if m.magic else "-")
+    checks.add_row("header checksum [0xC, 0x1000)", ok[m.checksum_ok if m.found else None],
+                   _hex(m.csum_stored), _hex(m.csum_computed))
+    checks.add_row("version_major <= 1", ok[m.version[0] <= 1 if m.found else None], "<= 1",
+                   f"{m.version[0]}.{m.version[1]}" if m.found else "-")
+    checks.add_row("crashkernel set", ok[m.crashkernel_addr != 0 if m.valid else None],
+                   "addr != 0", f"{m.crashkernel_addr:#x} / {m.crashkernel_size:#x}")
+    console.print(checks)
+    if m.entries:
+        entries = Table(title="os_info entries")
+        for col in ("#", "name", "kind", "addr/value", "size", "csum", "status"):
+            entries.add_column(col)
+        for e in m.entries:
+            entries.add_row(str(e.index), e.name, e.kind, _hex(e.addr), _hex(e.size),
+                            _hex(e.csum), e.status or "-")
+        console.print(entries)
+    if v.info:
+        info = v.info
+        console.print(f"VMCOREINFO ({v.source} at {_hex(v.address)}, {v.size} bytes): "
+                      f"OSRELEASE={info.osrelease} PAGESIZE={info.pagesize} "
+                      f"CRASHTIME={info.crashtime if info.crashtime is not None else '-'} "
+                      f"KERNELOFFSET={_hex(info.kerneloffset)}")
+    else:
+        console.print(f"VMCOREINFO: [yellow]not found[/] ({v.error})")
+    if a.ipib:
+        ib = a.ipib
+        console.print(f"IPL parameter block at {ib.address:#x}: type {ib.type or '?'}, "
+                      f"{ib.length} bytes, checksum {ok[ib.checksum_ok]} {ib.error}")
+    if a.kernel:
+        k = a.kernel
+        state = "S390EP entry table, kdump entry" if k.has_kdump_entry else "no kdump kernel"
+        console.print(f"crashkernel base {k.base:#x}: {state}"
+                      + (f", cmdline {k.command_line!r}" if k.command_line else ""))
+    colour = "green" if a.decision.path == "kdump" else "yellow"
+    console.print(f"[bold {colour}]decision: {a.decision.path}[/] - {trigger_sentence(a)}")
