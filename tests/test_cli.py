@@ -1,0 +1,84 @@
+"""The command line as runbooks use it: exit statuses, one-line errors, JSON on stdout only."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sadump.cli import Exit
+from tests.fixtures.builder import ImageSpec, write_elf, write_raw
+
+
+def sadump(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sadump", *map(str, args)],
+                          check=False, capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_sample_image_runs_without_a_file():
+    r = sadump("inspect-meminfo", "--sample", "--json")
+    assert r.returncode == Exit.OK, r.stderr
+    report = json.loads(r.stdout)
+    assert report["decision"]["path"] == "kdump"
+    assert "sample" in r.stderr
+
+
+def test_human_report_names_the_decision(tmp_path):
+    r = sadump("inspect-meminfo", write_raw(ImageSpec(), tmp_path / "m.raw"))
+    assert r.returncode == Exit.OK
+    assert "decision: kdump" in r.stdout and "OSINFOSZ" in r.stdout
+
+
+def test_fallback_status_and_reason_on_stderr(tmp_path):
+    r = sadump("inspect-meminfo", "--json",
+               write_raw(ImageSpec(damage={"checksum_off_by_one_bit"}), tmp_path / "m.raw"))
+    assert r.returncode == Exit.FULL_DUMP
+    assert json.loads(r.stdout)["decision"]["reason_code"] == 0x4521
+    assert "0x4521" in r.stderr
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.mkdir(), "is a directory"),
+    (lambda p: None, "cannot open"),
+    (lambda p: p.write_bytes(b"\x7fELF\x02\x02\x01" + b"\0" * 9 + b"\0\x04\0\x16" + b"\xff" * 60),
+     ""),
+    (lambda p: p.write_bytes(b"KDUMP   " + b"\xff" * 100), ""),
+    (lambda p: p.write_bytes(bytes.fromhex("A8190173618F23FD") + b"\xff" * 100), ""),
+])
+def test_unreadable_image_is_one_line(tmp_path, make, words):
+    path = tmp_path / "bad"
+    make(path)
+    r = sadump("inspect-meminfo", path)
+    assert r.returncode == Exit.IMAGE_ERROR, r.stderr
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sadump: error:"), r.stderr
+    assert words in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_truncated_elf_is_one_line(tmp_path):
+    path = write_elf(ImageSpec(damage={"truncated"}), tmp_path / "m.elf")
+    r = sadump("inspect-meminfo", path)
+    assert r.returncode == Exit.IMAGE_ERROR
+    assert "shorter than its header claims" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_usage_errors():
+    assert sadump("inspect-meminfo").returncode == Exit.USAGE
+    assert sadump("inspect-meminfo", "--bogus").returncode == Exit.USAGE
+
+
+def test_unknown_input_format(tmp_path):
+    r = sadump("inspect-meminfo", "-F", "lkcd", write_raw(ImageSpec(), tmp_path / "m.raw"))
+    assert r.returncode == Exit.IMAGE_ERROR and "unknown input format" in r.stderr
+
+
+def test_forced_input_format(tmp_path):
+    """An ELF read as raw memory finds no os_info at 0xE18: a documented fallback."""
+    path = write_elf(ImageSpec(), tmp_path / "m.elf")
+    r = sadump("inspect-meminfo", "--json", "-F", "raw", path)
+    assert r.returncode == Exit.FULL_DUMP
+    assert json.loads(r.stdout)["image"]["format"] == "raw"
