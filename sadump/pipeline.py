@@ -10,6 +10,7 @@ from sadump.formats.swap import SwappedMemory
 from sadump.ipl.decision import Decision, decide
 from sadump.ipl.ipib import Ipib, read_ipib
 from sadump.ipl.kernel_image import KernelImage, read_kernel_image
+from sadump.ipl.kexec_digest import KexecDigest, not_applicable, verify_kexec_digest
 from sadump.meminfo_reader import (
     LowcoreAbi,
     MemInfo,
@@ -43,6 +44,7 @@ class Analysis:
     kernel: KernelImage | None  # what sits at the crashkernel base
     decision: Decision
     warnings: list[str] = field(default_factory=list)
+    digest: KexecDigest | None = None  # the kexec segment check, made only on the kdump path
 
     @property
     def translation(self) -> AddressTranslation:
@@ -79,11 +81,17 @@ def analyse_memory(image: PhysicalMemory) -> Analysis:
     kernel = read_kernel_image(memory, meminfo.crashkernel_addr) if meminfo.crashkernel_addr \
         else None
     decision = decide(meminfo, kernel)
+    digest = None
+    if decision.path == "kdump":
+        digest = not_applicable("image taken after the hand-off: the kdump kernel already ran") \
+            if handoff else verify_kexec_digest(memory, meminfo.crashkernel_addr,
+                                                meminfo.crashkernel_size)
+        decision = decide(meminfo, kernel, digest)
     warnings = list(image.warnings)
     if image.incomplete:
         warnings.append(f"incomplete image: {image.incomplete}")
     return Analysis(image, memory, handoff, lowcore, meminfo, vmcoreinfo, ipib, kernel,
-                    decision, warnings)
+                    decision, warnings, digest)
 
 
 def analyse(path: str, input_format: str | None = None) -> Analysis:

@@ -71,6 +71,17 @@ def decision_json(a: Analysis) -> dict[str, Any]:
             "entry_point": d.entry_point}
 
 
+def digest_json(a: Analysis) -> dict[str, Any] | None:
+    """The kexec segment digest check; None when it was not made (no kdump path)."""
+    d = a.digest
+    if d is None:
+        return None
+    return {"found_at": d.found_at, "digest_at": d.digest_at,
+            "stored": d.stored.hex() if d.stored else None,
+            "computed": d.computed.hex() if d.computed else None,
+            "ok": d.ok, "verdict": d.verdict, "reason": d.reason or None}
+
+
 def analysis_json(a: Analysis) -> dict[str, Any]:
     lc = a.lowcore
     return {
@@ -89,7 +100,9 @@ def analysis_json(a: Analysis) -> dict[str, Any]:
             "base": a.kernel.base, "present": a.kernel.present, "s390ep": a.kernel.has_marker,
             "entry_point": a.kernel.kdump_entry if a.kernel.has_kdump_entry else None,
             "oldmem": [a.kernel.oldmem_base, a.kernel.oldmem_size],
-            "command_line": a.kernel.command_line},
+            "command_line": a.kernel.command_line,
+            "segments": [[s, n] for s, n in a.digest.segments] if a.digest else [],
+            "digest": digest_json(a)},
         "decision": decision_json(a),
     }
 
@@ -101,6 +114,21 @@ def trigger_sentence(a: Analysis) -> str:
         return (f"a trigger would swap [0, {size:#x}) with [{m.crashkernel_addr:#x}, "
                 f"{m.crashkernel_addr + size:#x}) and start the kdump kernel at {d.entry_point:#x}")
     return f"a trigger would fall back to a full dump: {d.reason} ({d.reason_code:#x})"
+
+
+def render_digest(a: Analysis, console) -> None:
+    """The kexec segment list, both digests and the verdict."""
+    d = a.digest
+    colour = {"verified": "green", "damaged": "red"}.get(d.verdict, "yellow")
+    where = f" (list at {d.found_at:#x}, digest at {_hex(d.digest_at)})" \
+        if d.found_at is not None else ""
+    console.print(f"kexec segment digest: [{colour}]{d.verdict}[/]{where}"
+                  + (f" - {d.reason}" if d.reason else ""))
+    for s, n in d.segments:
+        console.print(f"  segment [{s:#x}, {s + n:#x}) {n:#x} bytes")
+    if d.computed:
+        console.print(f"  stored   {d.stored.hex() if d.stored else '-'}\n"
+                      f"  computed {d.computed.hex()}")
 
 
 def render_inspect(a: Analysis, console) -> None:
@@ -156,5 +184,7 @@ def render_inspect(a: Analysis, console) -> None:
         state = "S390EP entry table, kdump entry" if k.has_kdump_entry else "no kdump kernel"
         console.print(f"crashkernel base {k.base:#x}: {state}"
                       + (f", cmdline {k.command_line!r}" if k.command_line else ""))
+    if a.digest:
+        render_digest(a, console)
     colour = "green" if a.decision.path == "kdump" else "yellow"
     console.print(f"[bold {colour}]decision: {a.decision.path}[/] - {trigger_sentence(a)}")

@@ -1,11 +1,13 @@
-"""The trigger's hand-off decision: kdump when the map can be trusted and a kdump kernel
-is loaded at the crashkernel base; a full dump otherwise, always with the reason."""
+"""The trigger's hand-off decision: kdump when the map can be trusted, a kdump kernel
+is loaded at the crashkernel base and its segment digest holds where one is found; a full
+dump otherwise, always with the reason."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from sadump.ipl.kernel_image import KernelImage
+from sadump.ipl.kexec_digest import KexecDigest
 from sadump.meminfo_reader import MemInfo
 
 #: sadump's own reason codes, outside the ABI's 0x4520-0x4524
@@ -31,7 +33,9 @@ class Decision:
     entry_point: int | None = None
 
 
-def decide(meminfo: MemInfo, kernel: KernelImage | None) -> Decision:
+def decide(meminfo: MemInfo, kernel: KernelImage | None,
+           digest: KexecDigest | None = None) -> Decision:
+    """digest: the kexec segment check (None: not made, e.g. before the kernel was found)."""
     if meminfo.error_code is not None:
         return Decision("full", meminfo.error_code,
                         f"{REASONS.get(meminfo.error_code, 'os_info invalid')}: {meminfo.error}")
@@ -41,6 +45,21 @@ def decide(meminfo: MemInfo, kernel: KernelImage | None) -> Decision:
                else "its memory is absent")
         return Decision("full", NO_KDUMP_KERNEL,
                         f"{REASONS[NO_KDUMP_KERNEL]} ({where}): {why}")
+    if digest is not None and digest.ok is False:
+        return Decision("full", KDUMP_KERNEL_DAMAGED,
+                        f"{REASONS[KDUMP_KERNEL_DAMAGED]}: segment list at {digest.found_at:#x}, "
+                        f"stored {digest.stored.hex()}, computed {digest.computed.hex()}")
     return Decision("kdump", KDUMP_OK,
-                    "os_info valid, crashkernel set, kdump kernel loaded",
+                    "os_info valid, crashkernel set, kdump kernel loaded" + digest_words(digest),
                     kernel.kdump_entry)
+
+
+def digest_words(digest: KexecDigest | None) -> str:
+    """What the segment check adds to a kdump decision."""
+    if digest is None:
+        return ""
+    if digest.ok:
+        return f", segment digest verified (list at {digest.found_at:#x})"
+    if not digest.applies:
+        return f"; segment digest check does not apply: {digest.reason}"
+    return f"; kdump kernel could not be verified: {digest.reason}"
