@@ -1,0 +1,334 @@
+"""CPU register state for a vmcore: read from the input's register notes or from the
+store-status save areas in memory (spec 6), written as the kernel's notes (spec 5.2/5.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from construct import Array, Bytes, Default, Int16ub, Int32sb, Int32ub, Int64ub, Padding, Struct
+
+from sadump.errors import SadumpError
+from sadump.formats.elf import (
+    NT_PRFPREG,
+    NT_PRSTATUS,
+    NT_S390_CTRS,
+    NT_S390_GS_CB,
+    NT_S390_PREFIX,
+    NT_S390_TIMER,
+    NT_S390_TODCMP,
+    NT_S390_TODPREG,
+    NT_S390_VXRS_HIGH,
+    NT_S390_VXRS_LOW,
+    prstatus_pid,
+)
+from sadump.formats.memory import Note, PhysicalMemory
+from sadump.ipl.lowcore import (
+    MCESAD_ADDR_MASK,
+    MCESAD_OFFSET,
+    SAVE_AREA_OFFSET,
+    SAVE_AREA_SIZE,
+    VX_SAVE_AREA_SIZE,
+    SaveArea,
+    VxSaveArea,
+)
+
+#: s390x struct elf_prstatus (spec 5.3); the kernel fills pr_pid, psw, gprs and acrs.
+PrStatus = Struct(
+    "si_signo" / Default(Int32sb, 0),
+    "si_code" / Default(Int32sb, 0),
+    "si_errno" / Default(Int32sb, 0),
+    "pr_cursig" / Default(Int16ub, 0),
+    Padding(2),
+    "pr_sigpend" / Default(Int64ub, 0),
+    "pr_sighold" / Default(Int64ub, 0),
+    "pr_pid" / Default(Int32ub, 0),  # 0x20
+    "pr_ppid" / Default(Int32ub, 0),
+    "pr_pgrp" / Default(Int32ub, 0),
+    "pr_sid" / Default(Int32ub, 0),
+    "pr_times" / Default(Bytes(64), bytes(64)),  # utime, stime, cutime, cstime
+    "psw_mask" / Int64ub,  # 0x70
+    "psw_addr" / Int64ub,
+    "gprs" / Array(16, Int64ub),  # 0x80
+    "acrs" / Array(16, Int32ub),  # 0x100
+    "orig_gpr2" / Default(Int64ub, 0),  # 0x140
+    "pr_fpvalid" / Default(Int32ub, 0),
+    Padding(4),
+)
+assert PrStatus.sizeof() == 336
+
+#: s390 elf_fpregset_t (NT_PRFPREG): fpc, pad, 16 FPRs
+FpRegSet = Struct("fpc" / Int32ub, Padding(4), "fprs" / Array(16, Int64ub))
+assert FpRegSet.sizeof() == 136
+
+U32 = Struct("value" / Int32ub)
+U64 = Struct("value" / Int64ub)
+Regs64 = Struct("regs" / Array(16, Int64ub))
+VxrsLow = Struct("low" / Array(16, Int64ub))  # low halves of VR0-15
+VxrsHigh = Struct("vrs" / Array(16, Bytes(16)))  # VR16-31
+
+#: the register notes of one CPU in the kernel's order (arch/s390/kernel/crash_dump.c)
+#: with the names a 6.1 kernel's /proc/vmcore carries (rimg-kdump.proc-vmcore.elf)
+CORE, LINUX = "CORE", "LINUX"
+PER_CPU_TYPES = (NT_PRFPREG, NT_S390_TIMER, NT_S390_TODCMP, NT_S390_TODPREG, NT_S390_CTRS,
+                 NT_S390_PREFIX, NT_S390_VXRS_LOW, NT_S390_VXRS_HIGH, NT_S390_GS_CB)
+#: A cap on lowcore_ptr entries: NR_CPUS of s390 kernels is at most a few hundred.
+MAX_CPUS = 4096
+
+
+def _zeros16() -> list[int]:
+    return [0] * 16
+
+
+@dataclass
+class CpuState:
+    """One CPU's registers as store status leaves them (save-area formats)."""
+
+    psw_mask: int = 0
+    psw_addr: int = 0
+    gprs: list[int] = field(default_factory=_zeros16)
+    acrs: list[int] = field(default_factory=_zeros16)
+    fprs: list[int] = field(default_factory=_zeros16)
+    fpc: int = 0
+    timer: int = 0
+    todcmp: int = 0  # as the save area holds it: clock comparator bits 0-55 in bits 8-63
+    todpreg: int = 0
+    ctrs: list[int] = field(default_factory=_zeros16)
+    prefix: int = 0
+    vxrs: list[bytes] | None = None  # VR0-31, 16 bytes each, when the CPU has vector regs
+    last_break: int = 0  # kept for patching save areas; not in any note
+
+    @classmethod
+    def from_save_area(cls, area: bytes, vx: bytes | None = None) -> CpuState:
+        """From the 512-byte save area (lowcore 0x1200..0x13FF) and the 512-byte VX area.
+
+        A whole lowcore (>= 0x1400 bytes) is accepted too.
+        """
+        if len(area) >= SAVE_AREA_OFFSET + SAVE_AREA_SIZE:
+            area = area[SAVE_AREA_OFFSET:SAVE_AREA_OFFSET + SAVE_AREA_SIZE]
+        if len(area) < SAVE_AREA_SIZE:
+            raise SadumpError(f"save area of {len(area)} bytes, expected {SAVE_AREA_SIZE}")
+        sa = SaveArea.parse(area)
+        vxrs = None
+        if vx is not None:
+            if len(vx) < VX_SAVE_AREA_SIZE:
+                raise SadumpError(f"vector save area of {len(vx)} bytes, expected 512")
+            vxrs = list(VxSaveArea.parse(vx).vrs)
+        return cls(sa.psw_mask, sa.psw_addr, list(sa.gprs), list(sa.acrs), list(sa.fprs),
+                   sa.fpc, sa.timer, sa.todcmp, sa.todpreg, list(sa.ctrs), sa.prefix, vxrs,
+                   sa.last_break)
+
+    def save_area(self, original: bytes | None = None) -> bytes:
+        """The 512-byte save area with this CPU's registers laid over `original`
+        (zgetdump's cpu2lc_64: what is not a register stays as it was)."""
+        base = SaveArea.parse(original if original else bytes(SAVE_AREA_SIZE))
+        base.update({"psw_mask": self.psw_mask, "psw_addr": self.psw_addr, "gprs": self.gprs,
+                     "acrs": self.acrs, "fprs": self.fprs, "fpc": self.fpc, "timer": self.timer,
+                     "todcmp": self.todcmp, "todpreg": self.todpreg, "ctrs": self.ctrs,
+                     "prefix": self.prefix})
+        return SaveArea.build(base)
+
+    def vx_area(self) -> bytes | None:
+        return None if self.vxrs is None else VxSaveArea.build({"vrs": self.vxrs})
+
+
+# ---- from the input's notes ---------------------------------------------------------------
+def _u(desc: bytes, size: int) -> int:
+    return int.from_bytes(desc[:size], "big") if len(desc) >= size else 0
+
+
+def _cpu_from_group(group: list[Note]) -> tuple[CpuState, bool, bool]:
+    """One PRSTATUS and the register notes after it -> (state, from QEMU, prefix known)."""
+    pr = group[0].desc
+    if len(pr) < PrStatus.sizeof():
+        raise SadumpError(f"NT_PRSTATUS of {len(pr)} bytes, expected 336")
+    st = PrStatus.parse(pr[:336])
+    _, pid_little = prstatus_pid(pr)
+    cpu = CpuState(st.psw_mask, st.psw_addr, list(st.gprs), list(st.acrs))
+    types = [n.type for n in group]
+    # QEMU's order puts NT_S390_PREFIX right after NT_FPREGSET and adds NT_S390_GS_CB
+    qemu = pid_little or NT_S390_GS_CB in types or types[1:3] == [NT_PRFPREG, NT_S390_PREFIX]
+    low = high = None
+    has_prefix = False
+    for n in group[1:]:
+        d = n.desc
+        if n.type == NT_PRFPREG and len(d) >= FpRegSet.sizeof():
+            fp = FpRegSet.parse(d[:136])
+            cpu.fpc, cpu.fprs = fp.fpc, list(fp.fprs)
+        elif n.type == NT_S390_TIMER:
+            cpu.timer = _u(d, 8)
+        elif n.type == NT_S390_TODCMP:
+            cpu.todcmp = _u(d, 8)
+        elif n.type == NT_S390_TODPREG:
+            cpu.todpreg = _u(d, 4)  # 4 bytes now; old kernels wrote 8 with the value first
+        elif n.type == NT_S390_CTRS and len(d) >= 128:
+            cpu.ctrs = list(Regs64.parse(d[:128]).regs)
+        elif n.type == NT_S390_PREFIX:
+            cpu.prefix, has_prefix = _u(d, 4), True
+        elif n.type == NT_S390_VXRS_LOW and len(d) >= 128:
+            low = list(VxrsLow.parse(d[:128]).low)
+        elif n.type == NT_S390_VXRS_HIGH and len(d) >= 256:
+            high = list(VxrsHigh.parse(d[:256]).vrs)
+    if qemu:
+        # QEMU writes the clock comparator as the register holds it; store status (and so
+        # the kernel's note) holds bits 0-55 in bits 8-63. Seen on the real pair of files.
+        cpu.todcmp >>= 8
+    if low is not None or high is not None:
+        low, high = low or [0] * 16, high or [bytes(16)] * 16
+        cpu.vxrs = [cpu.fprs[i].to_bytes(8, "big") + low[i].to_bytes(8, "big")
+                    for i in range(16)] + high
+    return cpu, qemu, has_prefix
+
+
+def from_notes(notes: list[Note]) -> tuple[list[CpuState], list[str]]:
+    """CPUs from register notes: every NT_PRSTATUS starts a CPU (crash's rule), the
+    register notes after it belong to it. CPUs whose prefix note says 0 are skipped."""
+    groups: list[list[Note]] = []
+    for n in notes:
+        if n.type == NT_PRSTATUS and n.name == CORE:
+            groups.append([n])
+        elif groups and n.type in PER_CPU_TYPES and n.name in (CORE, LINUX):
+            groups[-1].append(n)
+    cpus, warnings = [], []
+    quirk = False
+    for i, group in enumerate(groups):
+        try:
+            cpu, qemu, has_prefix = _cpu_from_group(group)
+        except SadumpError as e:
+            warnings.append(f"CPU note group {i + 1} ignored: {e}")
+            continue
+        quirk |= qemu
+        if has_prefix and cpu.prefix == 0:
+            warnings.append(f"CPU note group {i + 1} has prefix 0 (no stored status): skipped")
+            continue
+        cpus.append(cpu)
+    if quirk:
+        warnings.append("register notes in QEMU's order: mapped to the kernel's order and names, "
+                        "pr_pid renumbered, clock comparator shifted to the save-area format")
+    return cpus, warnings
+
+
+# ---- from memory (store-status save areas) ---------------------------------------------------
+def _vx_area(mem: PhysicalMemory, lowcores: list[int]) -> bytes | None:
+    """The vector registers at the address lowcore 0x11B0 (MCESAD) holds: a real address,
+    used as is (never translated). The first lowcore with a usable designation wins."""
+    for lc in lowcores:
+        if not mem.is_present(lc + MCESAD_OFFSET, 8):
+            continue
+        addr = mem.read_u64(lc + MCESAD_OFFSET) & MCESAD_ADDR_MASK
+        if addr and mem.is_present(addr, VX_SAVE_AREA_SIZE):
+            return mem.read(addr, VX_SAVE_AREA_SIZE)
+    return None
+
+
+def _read_save_area(mem: PhysicalMemory, lowcore: int, ipl: bool) -> CpuState | None:
+    """The save area in the lowcore at `lowcore`; VX from the CPU's own lowcore (for the
+    IPL CPU: the prefix area it names, then absolute 0)."""
+    at = lowcore + SAVE_AREA_OFFSET
+    if not mem.is_present(at, SAVE_AREA_SIZE):
+        return None
+    cpu = CpuState.from_save_area(mem.read(at, SAVE_AREA_SIZE))
+    if cpu.prefix == 0:
+        return cpu
+    vx = _vx_area(mem, [cpu.prefix, 0] if ipl else [lowcore, cpu.prefix])
+    if vx is not None:
+        cpu.vxrs = list(VxSaveArea.parse(vx).vrs)
+    return cpu
+
+
+def lowcore_addresses(analysis) -> tuple[list[int], list[str]]:
+    """Physical addresses of every CPU's lowcore: the s390 dump header's prefix list when
+    the input is one, else the VMCOREINFO array lowcore_ptr[LENGTH] (virtual pointers)."""
+    prefixes = getattr(analysis.image, "cpu_prefixes", None)
+    if prefixes:
+        return [p for p in prefixes if p], []
+    info = analysis.vmcoreinfo.info
+    if info is None:
+        return [], ["no VMCOREINFO: the CPUs' lowcores (lowcore_ptr) cannot be found"]
+    sym, count = info.symbol("lowcore_ptr"), info.length("lowcore_ptr")
+    if sym is None or count is None:
+        return [], ["VMCOREINFO has no SYMBOL(lowcore_ptr)/LENGTH(lowcore_ptr)"]
+    warnings = []
+    if not 0 < count <= MAX_CPUS:
+        warnings.append(f"LENGTH(lowcore_ptr)={count} out of range: capped at {MAX_CPUS}")
+        count = max(0, min(count, MAX_CPUS))
+    tr, mem = analysis.translation, analysis.memory
+    table = tr.to_physical(sym)
+    if not mem.is_present(table, 8 * count):
+        return [], warnings + [f"lowcore_ptr table at {table:#x} is not in the image"]
+    raw = mem.read(table, 8 * count)
+    ptrs = [int.from_bytes(raw[i:i + 8], "big") for i in range(0, len(raw), 8)]
+    return [tr.to_physical(p) for p in ptrs if p], warnings
+
+
+def from_memory(analysis) -> tuple[list[CpuState], list[str]]:
+    """The kernel's rule: the IPL (boot) CPU from absolute 0x1200 first, then each other CPU
+    from its prefix area; a save area holding prefix 0 has no stored status."""
+    mem = analysis.memory
+    lowcores, warnings = lowcore_addresses(analysis)
+    cpus: list[CpuState] = []
+    try:
+        ipl = _read_save_area(mem, 0, ipl=True)
+        if ipl is not None and ipl.prefix:
+            cpus.append(ipl)
+        seen = {c.prefix for c in cpus}
+        for lc in lowcores:
+            if lc in seen:
+                continue  # the IPL CPU's own prefix area: 0x1200 already gave it
+            cpu = _read_save_area(mem, lc, ipl=False)
+            if cpu is None:
+                warnings.append(f"lowcore {lc:#x} is not in the image: its CPU is left out")
+            elif cpu.prefix and cpu.prefix not in seen:
+                cpus.append(cpu)
+                seen.update({lc, cpu.prefix})
+    except SadumpError as e:
+        warnings.append(f"CPU save areas not readable: {e}")
+    return cpus, warnings
+
+
+@dataclass
+class CpuFinding:
+    cpus: list[CpuState]
+    source: str  # "notes" | "save areas" | "none"
+    warnings: list[str]
+
+
+def find_cpus(analysis) -> CpuFinding:
+    """The input's register notes when it carries any, else the save areas in memory."""
+    notes = analysis.image.notes
+    if any(n.type == NT_PRSTATUS for n in notes):
+        cpus, warnings = from_notes(notes)
+        if cpus:
+            return CpuFinding(cpus, "notes", warnings)
+    cpus, warnings = from_memory(analysis)
+    if cpus:
+        return CpuFinding(cpus, "save areas", warnings)
+    warnings.append("no CPU has a stored status (every save area holds prefix 0): "
+                    "the dump carries no register notes")
+    return CpuFinding([], "none", warnings)
+
+
+# ---- to the kernel's notes ---------------------------------------------------------------------
+def notes_for(cpu: CpuState, pid: int) -> list[Note]:
+    """The kernel's per-CPU notes (fill_cpu_elf_notes), in its order, with its names."""
+    prstatus = PrStatus.build({"pr_pid": pid, "psw_mask": cpu.psw_mask,
+                               "psw_addr": cpu.psw_addr, "gprs": cpu.gprs, "acrs": cpu.acrs})
+    notes = [
+        Note(CORE, NT_PRSTATUS, prstatus),
+        Note(CORE, NT_PRFPREG, FpRegSet.build({"fpc": cpu.fpc, "fprs": cpu.fprs})),
+        Note(LINUX, NT_S390_TIMER, U64.build({"value": cpu.timer})),
+        Note(LINUX, NT_S390_TODCMP, U64.build({"value": cpu.todcmp})),
+        Note(LINUX, NT_S390_TODPREG, U32.build({"value": cpu.todpreg})),
+        Note(LINUX, NT_S390_CTRS, Regs64.build({"regs": cpu.ctrs})),
+        Note(LINUX, NT_S390_PREFIX, U32.build({"value": cpu.prefix})),
+    ]
+    if cpu.vxrs is not None:
+        notes.append(Note(LINUX, NT_S390_VXRS_HIGH, VxrsHigh.build({"vrs": cpu.vxrs[16:]})))
+        low = [int.from_bytes(v[8:16], "big") for v in cpu.vxrs[:16]]
+        notes.append(Note(LINUX, NT_S390_VXRS_LOW, VxrsLow.build({"low": low})))
+    return notes
+
+
+def cpu_notes(cpus: list[CpuState]) -> list[Note]:
+    """All CPUs' notes, pr_pid 1, 2, ... in order."""
+    return [n for pid, cpu in enumerate(cpus, 1) for n in notes_for(cpu, pid)]
+

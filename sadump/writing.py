@@ -1,0 +1,361 @@
+"""Safe output for dumps: a temporary file in the target folder renamed at the end (or
+stdout), sparse holes for all-zero pages, a free-space check first, a progress bar on a
+terminal, and on any failure no file under the final name and one line saying so.
+
+Memory is copied in blocks of 1 MiB: never the whole image or output in memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sadump.errors import ImageError, SadumpError
+from sadump.formats.memory import PhysicalMemory
+
+BLOCK = 1 << 20
+PAGE = 4096
+ZERO_BLOCK = bytes(BLOCK)
+ZERO_PAGE = bytes(PAGE)
+#: room left free on top of what the dump needs (metadata of a large sparse file)
+FREE_SPACE_MARGIN = 1 << 20
+
+
+class OutputError(SadumpError):
+    """The dump could not be written: nothing is left under the final name."""
+
+
+class DumpInterrupted(SadumpError):
+    """Ctrl-C while writing: nothing is left under the final name."""
+
+
+@dataclass
+class WriteResult:
+    path: str  # the final name, or "-" for stdout
+    size: int  # bytes of the output (its length; holes included)
+    data_bytes: int  # bytes actually written (not holes)
+    seconds: float
+    sparse: bool
+
+    @property
+    def rate(self) -> float:
+        """MiB/s over the output's length."""
+        return self.size / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
+
+
+class Sink:
+    """Where a planned dump goes. Writers call data()/zeros() in increasing offset order."""
+
+    def __init__(self, target: str, size: int, need: int, force: bool = False,
+                 progress: bool | None = None, label: str = "dump"):
+        self.target = target
+        self.size = size
+        self.pos = 0  # for streams: bytes sent so far
+        self.data_bytes = 0
+        self.tmp: str | None = None
+        self.fd = -1
+        self.stream = None
+        self.start = time.monotonic()
+        if target == "-":
+            self.stream = sys.stdout.buffer
+            self.sparse = False
+        else:
+            self._open_file(need, force)
+            self.sparse = True
+        self._progress = None
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if progress:
+            self._start_progress(label)
+
+    # ---- opening ------------------------------------------------------------------------
+    def _open_file(self, need: int, force: bool) -> None:
+        path = os.path.abspath(self.target)
+        folder, name = os.path.split(path)
+        if not os.path.isdir(folder):
+            raise OutputError(f"folder {folder} does not exist: nothing written")
+        if os.path.isdir(path):
+            raise OutputError(f"{self.target} is a folder: nothing written")
+        if os.path.lexists(path) and not force:
+            raise OutputError(f"{self.target} exists: not overwritten (use --force): "
+                              "nothing written")
+        try:
+            st = os.statvfs(folder)
+        except OSError as e:
+            raise OutputError(f"cannot check free space in {folder}: {e.strerror}: "
+                              "nothing written") from None
+        free = st.f_bavail * st.f_frsize
+        if free < need + FREE_SPACE_MARGIN:
+            raise OutputError(
+                f"not enough room in {folder}: the dump needs {_mib(need + FREE_SPACE_MARGIN)}"
+                f" (its bytes that are not known to be zero), {_mib(free)} free: nothing written")
+        self.path = path
+        self.tmp = os.path.join(folder, f".{name}.sadump-tmp-{os.getpid()}")
+        try:
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                              0o644)
+        except OSError as e:
+            self.tmp = None
+            raise OutputError(f"cannot create a temporary file in {folder}: {e.strerror}: "
+                              "nothing written") from None
+
+    def _start_progress(self, label: str) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress("[progress.description]{task.description}", BarColumn(),
+                                  DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                                  TimeRemainingColumn(), console=Console(stderr=True),
+                                  transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task(label, total=self.size)
+
+    # ---- writing ------------------------------------------------------------------------
+    def _advance(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=n)
+
+    def _pwrite(self, offset: int, view) -> None:
+        view = memoryview(view)
+        while len(view):
+            try:
+                n = os.pwrite(self.fd, view, offset)
+            except OSError as e:
+                raise OutputError(f"cannot write {self.target} at byte {offset:#x}: "
+                                  f"{e.strerror}") from None
+            view, offset = view[n:], offset + n
+            self.data_bytes += n
+
+    def _send(self, data) -> None:
+        try:
+            self.stream.write(data)
+        except OSError as e:
+            raise OutputError(f"cannot write to stdout at byte {self.pos:#x}: "
+                              f"{e.strerror}") from None
+        self.pos += len(data)
+        self.data_bytes += len(data)
+
+    def _fill_to(self, offset: int) -> None:
+        """Streams cannot seek: send zeros up to offset."""
+        while self.pos < offset:
+            self._send(ZERO_BLOCK[: min(BLOCK, offset - self.pos)])
+
+    def data(self, offset: int, buf: bytes) -> None:
+        """buf at offset; in a file, all-zero pages become holes (decided per MiB first)."""
+        n = len(buf)
+        if self.stream is not None:
+            self._fill_to(offset)
+            self._send(buf)
+        elif n == BLOCK and buf == ZERO_BLOCK or n < BLOCK and buf.count(0) == n:
+            pass
+        else:
+            self._write_nonzero_pages(offset, buf)
+        self._advance(n)
+
+    def _write_nonzero_pages(self, offset: int, buf: bytes) -> None:
+        n = len(buf)
+        view = memoryview(buf)
+        run = None  # start of the current run of non-zero pages
+        for i in range(0, n, PAGE):
+            page = buf[i:i + PAGE]
+            zero = page == ZERO_PAGE if len(page) == PAGE else page.count(0) == len(page)
+            if zero and run is not None:
+                self._pwrite(offset + run, view[run:i])
+                run = None
+            elif not zero and run is None:
+                run = i
+        if run is not None:
+            self._pwrite(offset + run, view[run:])
+
+    def zeros(self, offset: int, n: int) -> None:
+        """n zero bytes at offset: a hole in a file, zeros on a stream."""
+        if self.stream is not None:
+            self._fill_to(offset + n)
+            self._advance(n)
+            return
+        while n > 0:  # in steps, so that the progress bar moves over huge holes too
+            step = min(n, 64 * BLOCK)
+            self._advance(step)
+            n -= step
+
+    # ---- ending -------------------------------------------------------------------------
+    def _stop_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def finish(self) -> WriteResult:
+        """Length, fsync, rename to the final name, fsync the folder."""
+        try:
+            if self.stream is not None:
+                self._fill_to(self.size)
+                self.stream.flush()
+            else:
+                os.ftruncate(self.fd, self.size)
+                os.fsync(self.fd)
+                os.close(self.fd)
+                self.fd = -1
+                os.replace(self.tmp, self.path)
+                self.tmp = None
+                _fsync_dir(os.path.dirname(self.path))
+        except OSError as e:
+            raise OutputError(f"cannot finish {self.target}: {e.strerror}") from None
+        finally:
+            self._stop_progress()
+        return WriteResult(self.target, self.size, self.data_bytes,
+                           time.monotonic() - self.start, self.sparse)
+
+    def abort(self) -> str:
+        """Remove the temporary file; say what was and was not written."""
+        self._stop_progress()
+        if self.stream is not None:
+            try:
+                self.stream.flush()
+            except OSError:
+                pass
+            if self.pos == 0:
+                return "nothing was sent to stdout"
+            return (f"{self.pos} of {self.size} bytes had been sent to stdout: "
+                    "the stream is incomplete")
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+            self.tmp = None
+        return f"nothing written under {self.target} (temporary file removed)"
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not sync folders; the rename itself is done
+    finally:
+        os.close(fd)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def write_output(target: str, size: int, need: int, force: bool,
+                 write: Callable[[Sink], None], progress: bool | None = None,
+                 label: str = "dump") -> WriteResult:
+    """Open the sink, let `write` fill it, finish; on any failure (Ctrl-C too) remove the
+    temporary file and re-raise as one line that says what was and was not written."""
+    sink = Sink(target, size, need, force, progress, label)
+    old_term = _on_sigterm(_interrupt)
+    try:
+        write(sink)
+        return sink.finish()
+    except KeyboardInterrupt:
+        raise DumpInterrupted(f"interrupted: {sink.abort()}") from None
+    except OutputError as e:
+        raise OutputError(f"{e}: {sink.abort()}") from None
+    except SadumpError as e:
+        raise ImageError(f"{e}: {sink.abort()}") from None
+    except OSError as e:
+        raise ImageError(f"reading the image failed: {e.strerror or e}: {sink.abort()}") \
+            from None
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        _on_sigterm(old_term)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (kill, timeout) cleans up like Ctrl-C
+
+
+def _on_sigterm(handler):
+    """Install a SIGTERM handler (main thread only); return the previous one."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
+# ---- copying memory ---------------------------------------------------------------------------
+def _pread_exact(fd: int, n: int, offset: int) -> bytes:
+    data = os.pread(fd, n, offset)
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = os.pread(fd, n - got, offset + got)
+        if not more:
+            raise ImageError(f"the image file ends at byte {offset + got:#x}, before the "
+                             "memory its header describes")
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _cuts(start: int, stop: int, patches: list[tuple[int, bytes]]):
+    """Split [start, stop) at patch edges: (a, b, patches overlapping [a, b))."""
+    points = {start, stop}
+    for pa, pd in patches:
+        for p in (pa, pa + len(pd)):
+            if start < p < stop:
+                points.add(p)
+    edges = sorted(points)
+    for a, b in itertools.pairwise(edges):
+        yield a, b, [(pa, pd) for pa, pd in patches if pa < b and pa + len(pd) > a]
+
+
+def copy_memory(mem: PhysicalMemory, start: int, end: int, sink: Sink, offset: int,
+                patches: list[tuple[int, bytes]] = ()) -> None:
+    """Copy present memory [start, end) to the sink at `offset`, in blocks of up to 1 MiB
+    aligned to MiB boundaries of the address; `patches` (paddr, bytes) replace memory."""
+    patches = [p for p in patches if p[0] < end and p[0] + len(p[1]) > start]
+    for ext in mem.extents(start, end):
+        lo, hi = max(ext.paddr, start), min(ext.paddr + ext.size, end)
+        for a, b, over in _cuts(lo, hi, patches):
+            if ext.kind == "zero" and not over:
+                sink.zeros(offset + a - start, b - a)
+                continue
+            pos = a
+            while pos < b:
+                n = min(BLOCK - pos % BLOCK, b - pos)
+                if ext.kind == "zero":
+                    buf = bytes(n)
+                elif ext.kind == "file":
+                    buf = _pread_exact(ext.fileno, n, ext.file_offset + pos - ext.paddr)
+                else:
+                    buf = mem.read(pos, n)
+                if over:
+                    buf = bytearray(buf)
+                    for pa, pd in over:
+                        lo2, hi2 = max(pa, pos), min(pa + len(pd), pos + n)
+                        if lo2 < hi2:
+                            buf[lo2 - pos:hi2 - pos] = pd[lo2 - pa:hi2 - pa]
+                    buf = bytes(buf)
+                sink.data(offset + pos - start, buf)
+                pos += n
+
+
+def known_zero_bytes(mem: PhysicalMemory, start: int, end: int) -> int:
+    """Bytes of [start, end) the reader already knows are zero (holes, excluded pages)."""
+    return sum(min(e.paddr + e.size, end) - max(e.paddr, start)
+               for e in mem.extents(start, end) if e.kind == "zero")
