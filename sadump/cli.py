@@ -6,6 +6,7 @@ All exit statuses live here, in one place.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from enum import IntEnum
 from pathlib import Path
@@ -112,6 +113,145 @@ def inspect_meminfo(
     finally:
         analysis.close()
     raise typer.Exit(int(Exit.OK if analysis.decision.path == "kdump" else Exit.FULL_DUMP))
+
+
+SourceArg = Annotated[
+    Path,
+    typer.Argument(help="memory image or vmcore: raw, ELF core, s390 dump, kdump-compressed "
+                   "(flat too), sadump's own output", show_default=False),
+]
+
+
+def write_stdout(text: str) -> None:
+    """Print a long text; a reader that goes away (`| head`) ends the command quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@app.command("dmesg")
+def dmesg(
+    source: SourceArg,
+    json_out: JsonOpt = False,
+    since: Annotated[float | None, typer.Option(
+        "--since-boot-seconds", metavar="X",
+        help="only records logged X seconds after boot or later")] = None,
+    input_format: InputFormat = None,
+) -> None:
+    """Print the crashed kernel's log, found through VMCOREINFO (makedumpfile --dump-dmesg)."""
+    from sadump import crashinfo, printk
+
+    if since is not None and not math.isfinite(since):
+        raise fail(Exit.USAGE, f"--since-boot-seconds {since}: not a number of seconds")
+    analysis = open_analysis(source, False, input_format)
+    try:
+        try:
+            log = printk.analysis_log(analysis)
+        except printk.LogError as e:
+            raise fail(Exit.IMAGE_ERROR, f"no kernel log: {e}") from None
+        records = log.records
+        if since is not None:
+            records = [r for r in records if r.ts_nsec >= round(since * 1e9)]
+        for w in analysis.warnings + log.warnings:
+            err(f"warning: {w}")
+        if json_out:
+            write_stdout(json.dumps(crashinfo.dmesg_json(analysis, log, records), indent=2)
+                         + "\n")
+        else:
+            write_stdout("".join(r.line() + "\n" for r in records))
+    finally:
+        analysis.close()
+
+
+@app.command("info")
+def info(source: SourceArg, json_out: JsonOpt = False, input_format: InputFormat = None) -> None:
+    """What crashed: kernel, crash time, CPUs and PSWs, memory, os_info, decision, last words."""
+    from sadump import crashinfo
+
+    analysis = open_analysis(source, False, input_format)
+    try:
+        ci = crashinfo.crash_info(analysis)
+        for w in analysis.warnings + ci.warnings:
+            err(f"warning: {w}")
+        if json_out:
+            write_stdout(json.dumps(crashinfo.info_json(analysis, ci), indent=2) + "\n")
+        else:
+            write_stdout("\n".join(crashinfo.info_lines(analysis, ci)) + "\n")
+    finally:
+        analysis.close()
+
+
+DUMP_MODES = ("auto", "kdump", "full")
+DUMP_FORMATS = ("elf", "s390")
+
+
+@app.command("dump")
+def dump(
+    image: ImageArg = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help="output file, '-' for stdout [default: vmcore, or dump.s390 "
+        "with --format s390]", show_default=False)] = None,
+    mode: Annotated[str, typer.Option(
+        "--mode", help="auto: the kdump vmcore when a trigger would start kdump, else a full "
+        "dump; kdump: the kdump vmcore or nothing; full: all memory")] = "auto",
+    fmt: Annotated[str, typer.Option("--format", help="elf (vmcore) | s390 (zgetdump -f s390)")]
+    = "elf",
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="one JSON summary on stdout (on stderr with -o -)")] = False,
+    input_format: InputFormat = None,
+    sample: SampleOpt = False,
+) -> None:
+    """Write the vmcore the kdump kernel would have written, or a full dump, and say why.
+
+    Exit: 0 kdump vmcore (or the asked --mode full dump) written; 3 full dump written as
+    the fallback; 4 image unreadable; 5 nothing written (output exists, no room, I/O error);
+    6 --mode kdump but kdump is not possible; 130 interrupted (nothing written).
+    """
+    from sadump.dump_plan import plan_dump, summary_json, summary_line, write_dump
+    from sadump.writing import DumpInterrupted, OutputError
+
+    if mode not in DUMP_MODES:
+        raise fail(Exit.USAGE, f"--mode {mode!r}: one of {', '.join(DUMP_MODES)}")
+    if fmt not in DUMP_FORMATS:
+        raise fail(Exit.USAGE, f"--format {fmt!r}: one of {', '.join(DUMP_FORMATS)}")
+    target = output or ("dump.s390" if fmt == "s390" else "vmcore")
+    analysis = open_analysis(image, sample, input_format)
+    try:
+        for w in analysis.warnings:
+            err(f"warning: {w}")
+        decision = analysis.decision
+        if mode == "kdump" and decision.path != "kdump":
+            raise fail(Exit.KDUMP_REFUSED, f"kdump is not possible: {decision.reason} "
+                       f"({decision.reason_code:#x}): nothing written")
+        path = "full" if mode == "full" else decision.path
+        try:
+            plan = plan_dump(analysis, path, fmt)
+        except SadumpError as e:
+            raise fail(Exit.IMAGE_ERROR, f"{e}: nothing written") from None
+        for w in plan.warnings:
+            err(f"warning: {w}")
+        err(plan.describe())
+        try:
+            result = write_dump(plan, target, force)
+        except OutputError as e:
+            raise fail(Exit.NOT_WRITTEN, str(e)) from None
+        except DumpInterrupted as e:
+            raise fail(Exit.INTERRUPTED, str(e)) from None
+        except SadumpError as e:
+            raise fail(Exit.IMAGE_ERROR, str(e)) from None
+        err(summary_line(plan, result))
+        if json_out:
+            print(json.dumps(summary_json(plan, result), indent=2),
+                  file=sys.stderr if target == "-" else sys.stdout)
+    finally:
+        analysis.close()
+    status = Exit.FULL_DUMP if path == "full" and mode == "auto" else Exit.OK
+    raise typer.Exit(int(status))
 
 
 def main() -> None:

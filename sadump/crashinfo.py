@@ -1,0 +1,197 @@
+"""What crashed: one screen of facts for `sadump info` (kernel release, crash time, CPUs and
+their PSWs, memory, crashkernel, os_info, the trigger's decision, the kernel's last words),
+and the JSON shapes of `info` and `dmesg`. Pure: takes an Analysis, returns data."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sadump import report
+from sadump.errors import SadumpError
+from sadump.pipeline import Analysis
+from sadump.printk import KernelLog, LogError, Record, analysis_log
+
+#: a record that starts a panic or oops report
+CRASH_MARK = re.compile(r"^(Kernel panic|Oops|BUG:)")
+#: markers at most this many records apart belong to one report (an oops, then its panic)
+CRASH_SPAN = 100
+TAIL_LINES = 10
+
+
+@dataclass
+class Cpu:
+    number: int
+    prefix: int
+    psw_mask: int
+    psw_addr: int
+
+
+@dataclass
+class CrashInfo:
+    osrelease: str | None
+    crashtime: int | None
+    cpus: list[Cpu] | None  # None: the CPU state could not be read
+    cpu_source: str
+    log: KernelLog | None
+    log_error: str | None
+    tail: list[Record]
+    tail_kind: str  # "crash report" | "last lines" | ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def crash_time(analysis: Analysis) -> int | None:
+    """CRASHTIME of the VMCOREINFO found in memory, else of the note the input carried (the
+    kernel's /proc/vmcore and kdump files carry it; an image taken before a crash has none)."""
+    info = analysis.vmcoreinfo.info
+    if info is not None and info.crashtime is not None:
+        return info.crashtime
+    from sadump.vmcoreinfo import VmcoreInfo
+
+    for note in analysis.image.notes:
+        if note.name == "VMCOREINFO":
+            value = VmcoreInfo.from_bytes(note.desc).crashtime
+            if value is not None:
+                return value
+    return None
+
+
+def utc(seconds: int | None) -> str | None:
+    if seconds is None:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds} (not a date)"
+
+
+def log_tail(records: list[Record]) -> tuple[str, list[Record]]:
+    """The crash report when there is one: from the first of the last run of "Kernel panic",
+    "Oops" and "BUG:" records (markers at most CRASH_SPAN records apart, so an oops and the
+    panic it caused stay together) to the end; else the last TAIL_LINES records."""
+    marks = [i for i, r in enumerate(records) if CRASH_MARK.match(r.text)]
+    if not marks:
+        return ("last lines" if records else ""), records[-TAIL_LINES:]
+    start = marks[-1]
+    for i in reversed(marks[:-1]):
+        if start - i > CRASH_SPAN:
+            break
+        start = i
+    return "crash report", records[start:]
+
+
+def _cpus(analysis: Analysis) -> tuple[list[Cpu] | None, str, list[str]]:
+    try:
+        from sadump.ipl.cpu import find_cpus
+    except ImportError:  # pragma: no cover - the CPU reader ships with sadump
+        return None, "none", ["CPU state: not available in this build"]
+    try:
+        found = find_cpus(analysis)
+    except SadumpError as e:
+        return None, "none", [f"CPU state not readable: {e}"]
+    cpus = [Cpu(i, c.prefix, c.psw_mask, c.psw_addr) for i, c in enumerate(found.cpus)]
+    # "no CPU has a stored status" is the report's own CPUs line, not a warning
+    warnings = [w for w in found.warnings if not w.startswith("no CPU has a stored status")]
+    return cpus, found.source, warnings
+
+
+def crash_info(analysis: Analysis) -> CrashInfo:
+    info = analysis.vmcoreinfo.info
+    cpus, cpu_source, warnings = _cpus(analysis)
+    log, log_error = None, None
+    try:
+        log = analysis_log(analysis)
+    except LogError as e:
+        log_error = str(e)
+    kind, tail = log_tail(log.records) if log else ("", [])
+    return CrashInfo(info.osrelease if info else None, crash_time(analysis), cpus, cpu_source,
+                     log, log_error, tail, kind, warnings + (log.warnings if log else []))
+
+
+# ---- JSON ------------------------------------------------------------------------------
+
+def source_json(analysis: Analysis) -> dict[str, Any]:
+    v = analysis.vmcoreinfo
+    return {"path": analysis.image.path, "format": analysis.image.format,
+            "vmcoreinfo": v.source or None,
+            "osrelease": v.info.osrelease if v.info else None}
+
+
+def dmesg_json(analysis: Analysis, log: KernelLog, records: list[Record]) -> dict[str, Any]:
+    return {"records": [r.json() for r in records],
+            "source": source_json(analysis) | {"log_format": log.format},
+            "warnings": analysis.warnings + log.warnings}
+
+
+def info_json(analysis: Analysis, ci: CrashInfo) -> dict[str, Any]:
+    m = analysis.meminfo
+    mem = analysis.memory
+    return {
+        "source": source_json(analysis),
+        "osrelease": ci.osrelease,
+        "crashtime": ci.crashtime,
+        "crashtime_utc": utc(ci.crashtime),
+        "cpus": None if ci.cpus is None else [
+            {"number": c.number, "prefix": c.prefix, "psw": [c.psw_mask, c.psw_addr]}
+            for c in ci.cpus],
+        "cpu_source": ci.cpu_source,
+        "memory": {"size": mem.size, "ranges": [[s, e] for s, e in mem.ranges()]},
+        "crashkernel": {"addr": m.crashkernel_addr, "size": m.crashkernel_size},
+        "os_info": {"pointer": m.pointer, "valid": m.valid, "error": m.error or None},
+        "decision": report.decision_json(analysis),
+        "trigger": report.trigger_sentence(analysis),
+        "log": {"format": ci.log.format if ci.log else None, "error": ci.log_error,
+                "records": len(ci.log.records) if ci.log else 0, "tail_kind": ci.tail_kind or None,
+                "tail": [r.line() for r in ci.tail]},
+        "warnings": analysis.warnings + ci.warnings,
+    }
+
+
+# ---- text ------------------------------------------------------------------------------
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def info_lines(analysis: Analysis, ci: CrashInfo) -> list[str]:
+    """The one-screen report, plain text (kernel log lines hold brackets: no markup)."""
+    m, mem = analysis.meminfo, analysis.memory
+    v = analysis.vmcoreinfo
+    out = [f"{analysis.image.path}: {analysis.image.format}"]
+    if v.info:
+        out.append(f"kernel       {ci.osrelease or '-'} (VMCOREINFO from {v.source})")
+    else:
+        out.append(f"kernel       unknown: no VMCOREINFO ({v.error or 'not found'})")
+    out.append("crash time   " + (f"{utc(ci.crashtime)} (CRASHTIME={ci.crashtime})"
+                                  if ci.crashtime is not None else
+                                  "not recorded (no CRASHTIME: taken before a kernel crash "
+                                  "was recorded)"))
+    if ci.cpus is None:
+        out.append("CPU state    not available")
+    elif not ci.cpus:
+        out.append("CPUs         none with a stored status")
+    else:
+        out.append(f"CPUs         {len(ci.cpus)} with a stored status (from {ci.cpu_source})")
+        out += [f"  CPU {c.number:<3d}    prefix {c.prefix:#010x}  PSW {c.psw_mask:016x} "
+                f"{c.psw_addr:016x}" for c in ci.cpus]
+    ranges = mem.ranges()
+    shown = ", ".join(f"[{s:#x}, {e:#x})" for s, e in ranges[:4]) + (" ..." if len(ranges) > 4
+                                                                      else "")
+    out.append(f"memory       {_mib(mem.size)} in {len(ranges)} range(s): {shown}")
+    out.append("crashkernel  " + (f"{m.crashkernel_addr:#x}, {_mib(m.crashkernel_size)}"
+                                  if m.crashkernel_addr or m.crashkernel_size else "none"))
+    if m.valid:
+        out.append(f"os_info      valid at {m.pointer:#x} (version {m.version[0]}.{m.version[1]})")
+    else:
+        out.append(f"os_info      not valid: {m.error or 'not found'}")
+    out.append(f"decision     {analysis.decision.path}: {report.trigger_sentence(analysis)}")
+    if ci.log is None:
+        out.append(f"kernel log   not readable: {ci.log_error}")
+    else:
+        what = "the crash report" if ci.tail_kind == "crash report" else \
+            f"the last {len(ci.tail)} lines"
+        out.append(f"kernel log   {len(ci.log.records)} records ({ci.log.format}); {what}:")
+        out += ["  " + line for r in ci.tail for line in r.line().split("\n")]
+    return out
