@@ -186,20 +186,51 @@ def info(source: SourceArg, json_out: JsonOpt = False, input_format: InputFormat
 
 
 DUMP_MODES = ("auto", "kdump", "full")
-DUMP_FORMATS = ("elf", "s390")
+DUMP_FORMATS = ("elf", "s390", "kdump")
+
+
+def kdump_options(fmt: str, compress: str | None, jobs: int | None, flatten: bool,
+                  stdout: bool):
+    """--compress, --jobs, --flatten: kdump only; a codec whose package is missing is a
+    usage error. -o - implies --flatten (a plain kdump file is written out of order)."""
+    if fmt != "kdump":
+        given = [o for o, v in (("--compress", compress is not None),
+                                ("--jobs", jobs is not None), ("--flatten", flatten)) if v]
+        if given:
+            raise fail(Exit.USAGE, f"{', '.join(given)}: only with --format kdump")
+        return None
+    from sadump.formats.kdump_writer import CodecUnavailable, KdumpOptions, page_compressor
+
+    if jobs is not None and not 1 <= jobs <= 1024:
+        raise fail(Exit.USAGE, f"--jobs {jobs}: a number of threads from 1 to 1024")
+    if compress is not None:
+        try:
+            page_compressor(compress)
+        except CodecUnavailable as e:
+            raise fail(Exit.USAGE, str(e)) from None
+    return KdumpOptions(compress, jobs, flatten or stdout)
 
 
 @app.command("dump")
 def dump(
     image: ImageArg = None,
     output: Annotated[str | None, typer.Option(
-        "--output", "-o", help="output file, '-' for stdout [default: vmcore, or dump.s390 "
-        "with --format s390]", show_default=False)] = None,
+        "--output", "-o", help="output file, '-' for stdout (default: vmcore; dump.s390 "
+        "with --format s390, vmcore.flat with --flatten)", show_default=False)] = None,
     mode: Annotated[str, typer.Option(
         "--mode", help="auto: the kdump vmcore when a trigger would start kdump, else a full "
         "dump; kdump: the kdump vmcore or nothing; full: all memory")] = "auto",
-    fmt: Annotated[str, typer.Option("--format", help="elf (vmcore) | s390 (zgetdump -f s390)")]
-    = "elf",
+    fmt: Annotated[str, typer.Option("--format", help="elf (vmcore) | s390 (zgetdump -f s390) | "
+                                     "kdump (makedumpfile's kdump-compressed)")] = "elf",
+    compress: Annotated[str | None, typer.Option(
+        "--compress", help="kdump: zstd | zlib | lzo | snappy | none (default: zstd if "
+        "zstandard is installed, else zlib)", show_default=False)] = None,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", help="kdump: compression threads (default: all CPUs)",
+        show_default=False)] = None,
+    flatten: Annotated[bool, typer.Option(
+        "--flatten", help="kdump: makedumpfile's flattened format, for streams (implied by "
+        "-o -)")] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
     json_out: Annotated[bool, typer.Option(
         "--json", help="one JSON summary on stdout (on stderr with -o -)")] = False,
@@ -219,7 +250,9 @@ def dump(
         raise fail(Exit.USAGE, f"--mode {mode!r}: one of {', '.join(DUMP_MODES)}")
     if fmt not in DUMP_FORMATS:
         raise fail(Exit.USAGE, f"--format {fmt!r}: one of {', '.join(DUMP_FORMATS)}")
-    target = output or ("dump.s390" if fmt == "s390" else "vmcore")
+    kdump = kdump_options(fmt, compress, jobs, flatten, output == "-")
+    target = output or ("dump.s390" if fmt == "s390" else "vmcore.flat" if flatten
+                        else "vmcore")
     analysis = open_analysis(image, sample, input_format)
     try:
         for w in analysis.warnings:
@@ -230,7 +263,7 @@ def dump(
                        f"({decision.reason_code:#x}): nothing written")
         path = "full" if mode == "full" else decision.path
         try:
-            plan = plan_dump(analysis, path, fmt)
+            plan = plan_dump(analysis, path, fmt, kdump)
         except SadumpError as e:
             raise fail(Exit.IMAGE_ERROR, f"{e}: nothing written") from None
         for w in plan.warnings:

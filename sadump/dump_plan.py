@@ -76,8 +76,9 @@ class DumpPlan:
     patches: list[tuple[int, bytes]] = field(default_factory=list)  # s390: lowcore patches
     note_offset: int = 0  # ELF: where the PT_NOTE data starts
     note_size: int = 0
-    trailer: int = 0  # bytes after the last segment (s390 end marker)
+    trailer: int = 0  # bytes after the last segment (s390 end marker; kdump: metadata)
     known_zero: int = 0  # output bytes the reader already knows are zero
+    kdump: object = None  # --format kdump: its kdump_writer.KdumpLayout
 
     def describe(self) -> str:
         """One line before writing: what is written and why."""
@@ -144,8 +145,9 @@ def memory_segments(analysis: Analysis, path: str) -> tuple[list[Segment], tuple
     return segs, excluded, warnings
 
 
-def plan_dump(analysis: Analysis, path: str, fmt: str = "elf") -> DumpPlan:
-    """Decide notes, segments and layout. path: "kdump" | "full"; fmt: "elf" | "s390"."""
+def plan_dump(analysis: Analysis, path: str, fmt: str = "elf", kdump=None) -> DumpPlan:
+    """Decide notes, segments and layout. path: "kdump" | "full"; fmt: "elf" | "s390" |
+    "kdump" (kdump: its kdump_writer.KdumpOptions, None for the defaults)."""
     from sadump.formats import elf_writer, s390_writer
 
     if path not in ("kdump", "full"):
@@ -177,8 +179,12 @@ def plan_dump(analysis: Analysis, path: str, fmt: str = "elf") -> DumpPlan:
         elf_writer.layout(plan)
     elif fmt == "s390":
         s390_writer.layout(plan)
+    elif fmt == "kdump":
+        from sadump.formats import kdump_writer
+
+        kdump_writer.layout(plan, kdump)
     else:
-        raise SadumpError(f"unknown output format {fmt!r}: elf or s390")
+        raise SadumpError(f"unknown output format {fmt!r}: elf, s390 or kdump")
     data = sum(s.size - known_zero_bytes(plan.memory, s.paddr, s.end) for s in plan.segments)
     plan.known_zero = max(0, plan.size - len(plan.header) - plan.trailer - data)
     return plan
@@ -190,6 +196,10 @@ def write_dump(plan: DumpPlan, target: str, force: bool = False,
     from sadump.formats import elf_writer, s390_writer
 
     writer = elf_writer.write if plan.format == "elf" else s390_writer.write
+    if plan.format == "kdump":
+        from sadump.formats import kdump_writer
+
+        writer = kdump_writer.write
     label = f"{plan.path} dump"
     return write_output(target, plan.size, plan.need, force, lambda sink: writer(plan, sink),
                         progress, label)
@@ -214,6 +224,7 @@ def summary_json(plan: DumpPlan, result: WriteResult) -> dict:
             "segments": [{"paddr": s.paddr, "vaddr": s.vaddr, "size": s.size,
                           "offset": s.offset, "what": s.what} for s in plan.segments],
             "excluded": None if plan.excluded is None else list(plan.excluded),
+            **({"kdump": plan.kdump.summary()} if plan.kdump is not None else {}),
         },
         "cpus": {"count": len(plan.cpus.cpus), "source": plan.cpus.source},
         "vmcoreinfo": any(n.name == "VMCOREINFO" for n in plan.notes),

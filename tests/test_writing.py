@@ -78,18 +78,30 @@ def test_no_room(image, tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
-def _failing_pwrite(monkeypatch, after: int, exc: BaseException):
-    real = os.pwrite
+def _on_writes(monkeypatch, hook) -> list:
+    """Call hook(number of writes so far) before each write of the sink: pwrite, and
+    copy_file_range (the kernel copy of plain file bytes)."""
     calls = []
 
-    def pwrite(fd, data, offset):
-        calls.append(offset)
-        if len(calls) > after:
-            raise exc
-        return real(fd, data, offset)
+    def wrap(real):
+        def write(*args):
+            calls.append(args)
+            hook(len(calls))
+            return real(*args)
 
-    monkeypatch.setattr(writing.os, "pwrite", pwrite)
+        return write
+
+    monkeypatch.setattr(writing.os, "pwrite", wrap(os.pwrite))
+    monkeypatch.setattr(writing.os, "copy_file_range", wrap(os.copy_file_range))
     return calls
+
+
+def _failing_pwrite(monkeypatch, after: int, exc: BaseException):
+    def fail(n: int) -> None:
+        if n > after:
+            raise exc
+
+    return _on_writes(monkeypatch, fail)
 
 
 def test_write_error_in_the_middle(image, tmp_path, monkeypatch):
@@ -219,16 +231,13 @@ def test_stdout_reader_goes_away(image):
 
 def test_sigterm_cleans_up_like_ctrl_c(image, tmp_path, monkeypatch):
     """kill (or timeout) in the middle: the temporary file is removed, status 130."""
-    real, calls = os.pwrite, []
     before = signal.getsignal(signal.SIGTERM)
 
-    def pwrite(fd, data, offset):
-        calls.append(offset)
-        if len(calls) == 5:
+    def kill(n: int) -> None:
+        if n == 5:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(fd, data, offset)
 
-    monkeypatch.setattr(writing.os, "pwrite", pwrite)
+    _on_writes(monkeypatch, kill)
     res = dump(image, tmp_path / "vmcore")
     assert res.exit_code == Exit.INTERRUPTED
     assert "interrupted" in error_line(res)

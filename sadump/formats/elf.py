@@ -30,7 +30,7 @@ from construct import (
 )
 
 from sadump.errors import ImageError
-from sadump.formats.memory import Extent, Note, PhysicalMemory
+from sadump.formats.memory import Extent, Note, PhysicalMemory, file_extents
 
 ELFMAG = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
@@ -508,14 +508,15 @@ class ElfCore(PhysicalMemory):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def extents(self, start: int, end: int) -> Iterator[Extent]:
-        """File pieces as "file" extents (fd + offset), p_filesz < p_memsz tails as "zero"."""
+        """File pieces as "file" extents (fd + offset) split at the file's holes, holes and
+        p_filesz < p_memsz tails as "zero"."""
         i = self._pieces_from(start)
         while i < len(self._pieces) and self._pieces[i][0] < end:
             pstart, pstop, kind, off = self._pieces[i]
             lo, hi = max(pstart, start), min(pstop, end)
             if lo < hi:
                 if kind == "file":
-                    yield Extent(lo, hi - lo, "file", self._fd, off + lo - pstart)
+                    yield from file_extents(self._fd, lo, hi - lo, off + lo - pstart)
                 else:
                     yield Extent(lo, hi - lo, "zero")
             i += 1

@@ -8,6 +8,8 @@ memory, and the ELF notes the input carried.
 from __future__ import annotations
 
 import bisect
+import errno
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +43,35 @@ class Extent:
     kind: str
     fileno: int = -1
     file_offset: int = 0
+
+
+def file_extents(fd: int, paddr: int, size: int, file_offset: int) -> Iterator[Extent]:
+    """Memory [paddr, paddr + size) stored as plain bytes at file_offset of fd, split at the
+    file's holes (SEEK_DATA/SEEK_HOLE): holes become "zero" extents, the rest "file". Where
+    the file system cannot say, the whole range is one "file" extent."""
+    pos, end = file_offset, file_offset + size
+    delta = paddr - file_offset
+    while pos < end:
+        try:
+            data = min(os.lseek(fd, pos, os.SEEK_DATA), end)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # no hole support: all of it is data
+                yield Extent(pos + delta, end - pos, "file", fd, pos)
+                return
+            # ENXIO: a hole up to the end of the file; bytes past its end stay "file" extents,
+            # so that reading them fails loudly instead of passing for zeros
+            data = min(end, max(pos, os.fstat(fd).st_size))
+        if data > pos:
+            yield Extent(pos + delta, data - pos, "zero")
+            pos = data
+            if pos >= end:
+                return
+        try:
+            hole = min(os.lseek(fd, pos, os.SEEK_HOLE), end)
+        except OSError:
+            hole = end
+        yield Extent(pos + delta, hole - pos, "file", fd, pos)
+        pos = hole
 
 
 class PhysicalMemory(ABC):

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 
 from sadump.errors import ImageError
-from sadump.formats.memory import Extent, PhysicalMemory
+from sadump.formats.memory import Extent, PhysicalMemory, file_extents
 
 
 class RawImage(PhysicalMemory):
@@ -35,24 +35,7 @@ class RawImage(PhysicalMemory):
 
     def extents(self, start: int, end: int) -> Iterator[Extent]:
         """File-backed extents; holes of a sparse image become zero extents."""
-        pos = start
-        while pos < end:
-            try:
-                data = os.lseek(self._fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole remains
-                data = end
-            data = min(data, end)
-            if data > pos:
-                yield Extent(pos, data - pos, "zero")
-                pos = data
-                if pos >= end:
-                    break
-            try:
-                hole = min(os.lseek(self._fd, pos, os.SEEK_HOLE), end)
-            except OSError:
-                hole = end
-            yield Extent(pos, hole - pos, "file", self._fd, pos)
-            pos = hole
+        return file_extents(self._fd, start, end - start, start)
 
     def close(self) -> None:
         if getattr(self, "_map", None) is not None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from construct import Array, Bytes, Default, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 
 from sadump.errors import ImageError
-from sadump.formats.memory import Extent, PhysicalMemory
+from sadump.formats.memory import Extent, PhysicalMemory, file_extents
 
 S390_MAGIC = 0xA8190173618F23FD
 S390_EXT_MAGIC = 0xA8190173618F23FE
@@ -235,9 +235,10 @@ class S390Dump(PhysicalMemory):
         return self._pread(HDR_SIZE + paddr, size)
 
     def extents(self, start: int, end: int) -> Iterator[Extent]:
+        """Memory is plain bytes at 0x1000 + address; holes of a sparse file are zero."""
         lo, hi = max(start, 0), min(end, self._held)
         if lo < hi:
-            yield Extent(lo, hi - lo, "file", self._fd, HDR_SIZE + lo)
+            yield from file_extents(self._fd, lo, hi - lo, HDR_SIZE + lo)
 
     def close(self) -> None:
         if self._fd >= 0:
