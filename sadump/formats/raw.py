@@ -9,6 +9,10 @@ from collections.abc import Iterator
 from sadump.errors import ImageError
 from sadump.formats.memory import Extent, PhysicalMemory, file_extents
 
+#: reads this large drop their pages from our mapping afterwards (they stay in the page
+#: cache): scanning a whole crashkernel must not grow the resident set by its size
+UNMAP_AFTER = 256 << 10
+
 
 class RawImage(PhysicalMemory):
     format = "raw"
@@ -31,7 +35,11 @@ class RawImage(PhysicalMemory):
         self._set_ranges([(0, size)])
 
     def _read(self, paddr: int, size: int) -> bytes:
-        return self._map[paddr : paddr + size]
+        data = self._map[paddr : paddr + size]
+        if size >= UNMAP_AFTER:
+            start = paddr - paddr % mmap.PAGESIZE
+            self._map.madvise(mmap.MADV_DONTNEED, start, paddr + size - start)
+        return data
 
     def extents(self, start: int, end: int) -> Iterator[Extent]:
         """File-backed extents; holes of a sparse image become zero extents."""
