@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import os
 import struct
 from collections import namedtuple
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from construct import (
 )
 
 from sadump.errors import ImageError
-from sadump.formats.memory import Extent, Note, PhysicalMemory, file_extents
+from sadump.formats.memory import Extent, FileImage, Note, file_extents
 
 ELFMAG = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
@@ -221,7 +220,7 @@ def prstatus_pid(desc: bytes) -> tuple[int, bool]:
     return big, False
 
 
-class ElfCore(PhysicalMemory):
+class ElfCore(FileImage):
     """An ELF64 core file (ET_CORE) of either byte order."""
 
     format = "elf"
@@ -231,8 +230,6 @@ class ElfCore(PhysicalMemory):
         return head[:4] == ELFMAG
 
     def __init__(self, path: str):
-        super().__init__(path)
-        self._fd = -1
         self.ehdr = None
         #: program headers and (up to MAX_SHDR_CHECK) section headers as parsed
         self.phdrs: list = []
@@ -240,37 +237,14 @@ class ElfCore(PhysicalMemory):
         self._pieces: list[tuple[int, int, str, int]] = []
         self._piece_starts: list[int] = []
         self._note_bytes = 0
-        try:
-            self._fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise ImageError(f"{path}: cannot open: {e.strerror}") from None
-        try:
-            self._load()
-        except ImageError as e:
-            self.close()
-            raise ImageError(f"{path}: {e}") from None
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(path)
 
     # ---- parsing ---------------------------------------------------------------------
-    def _pread(self, offset: int, size: int) -> bytes:
-        """Exactly size bytes at offset; a file that shrank underneath is an ImageError."""
-        parts = []
-        while size > 0:
-            chunk = os.pread(self._fd, size, offset)
-            if not chunk:
-                raise ImageError(f"file ends at {offset:#x}, before the data it should hold")
-            parts.append(chunk)
-            offset += len(chunk)
-            size -= len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
     def _load(self) -> None:
-        self.file_size = size = os.fstat(self._fd).st_size
+        size = self.file_size
         if size < EHDR_SIZE:
             raise ImageError(f"file is {size} bytes, too short for an ELF64 header (64 bytes)")
-        head = self._pread(0, EHDR_SIZE)
+        head = self._read_file(0, EHDR_SIZE)
         if head[:4] != ELFMAG:
             raise ImageError("not an ELF file (no \\x7fELF magic)")
         if head[4] != ELFCLASS64:
@@ -317,7 +291,7 @@ class ElfCore(PhysicalMemory):
                 f"QEMU quirk: section headers at {eh.e_shoff:#x} come before the program "
                 f"headers (e_phoff {eh.e_phoff:#x}, expected 0x40)"
             )
-        table = self._pread(eh.e_phoff, phnum * PHDR_SIZE) if phnum else b""
+        table = self._read_file(eh.e_phoff, phnum * PHDR_SIZE) if phnum else b""
         unpack, record = _fast(self.byteorder, 1)
         self.phdrs = [record._make(t) for t in unpack.iter_unpack(table)]
 
@@ -359,7 +333,7 @@ class ElfCore(PhysicalMemory):
         other_order = "little" if self.byteorder == "big" else "big"
         other = STRUCTS[other_order][2]
         checked = min(count, MAX_SHDR_CHECK)
-        raw = self._pread(eh.e_shoff, checked * SHDR_SIZE)
+        raw = self._read_file(eh.e_shoff, checked * SHDR_SIZE)
         shdrs = []
         for i in range(checked):
             rec = raw[i * SHDR_SIZE : (i + 1) * SHDR_SIZE]
@@ -389,7 +363,7 @@ class ElfCore(PhysicalMemory):
                 f"sadump reads ({MAX_NOTE_BYTES:#x}): the header is corrupt"
             )
         found: list[str] = []
-        data = self._pread(ph.p_offset, ph.p_filesz) if ph.p_filesz else b""
+        data = self._read_file(ph.p_offset, ph.p_filesz) if ph.p_filesz else b""
         self.notes.extend(
             parse_notes(data, self.byteorder, found, max_notes=MAX_NOTES - len(self.notes))
         )
@@ -500,7 +474,7 @@ class ElfCore(PhysicalMemory):
             start, stop, kind, off = self._pieces[i]
             n = min(stop, end) - pos
             if kind == "file":
-                parts.append(self._pread(off + pos - start, n))
+                parts.append(self._read_file(off + pos - start, n))
             else:
                 parts.append(bytes(n))
             pos += n
@@ -520,11 +494,6 @@ class ElfCore(PhysicalMemory):
                 else:
                     yield Extent(lo, hi - lo, "zero")
             i += 1
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 def _plausible_shdr(sh, file_size: int) -> bool:

@@ -34,7 +34,7 @@ from construct import (
 
 from sadump.errors import AbsentMemoryError, ImageError
 from sadump.formats.elf import parse_notes
-from sadump.formats.memory import Extent, Note, PhysicalMemory
+from sadump.formats.memory import Extent, FileImage, Note
 
 # ---- on-disk layouts (declared once; used to parse and to build) ---------------------------
 
@@ -292,28 +292,17 @@ def _snappy_length(data: bytes) -> int:
 # ---- the shared reader ---------------------------------------------------------------------
 
 
-class _KdumpBase(PhysicalMemory):
+class _KdumpBase(FileImage):
     """kdump-compressed logic over `_pread` of the rearranged file (`_end` bytes long)."""
 
     format = "kdump"
     _plain = True
 
-    def __init__(self, path: str):
-        super().__init__(path)
-        self._fd = -1
-        try:
-            self._fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise ImageError(f"{path}: cannot open: {e.strerror}") from None
-        try:
-            self._file_size = os.fstat(self._fd).st_size
-            self._end = self._file_size
-            self._stored = self._file_size  # bytes the file really holds
-            self._open_source()
-            self._parse()
-        except BaseException:
-            self.close()
-            raise
+    def _load(self) -> None:
+        self._end = self.file_size
+        self._stored = self.file_size  # bytes the file really holds
+        self._open_source()
+        self._parse()
 
     # -- source: the rearranged file --
     def _open_source(self) -> None:
@@ -659,11 +648,6 @@ class _KdumpBase(PhysicalMemory):
             return Extent(paddr, size, kind, self._fd, foff)
         return Extent(paddr, size, kind)
 
-    def close(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
 
 class KdumpFile(_KdumpBase):
     """A plain kdump-compressed file (makedumpfile's default output, QEMU after -R)."""
@@ -691,7 +675,7 @@ class FlattenedKdumpFile(_KdumpBase):
 
     def _open_source(self) -> None:
         """Index the records: sorted rearranged offsets -> flat file offsets."""
-        fd, fsize = self._fd, self._file_size
+        fd, fsize = self._fd, self.file_size
         head = os.pread(fd, FLAT_HEADER_SIZE, 0)
         if len(head) < FLAT_HEADER_SIZE:
             raise self._fail(f"truncated flattened header ({len(head)} of 4096 bytes)")

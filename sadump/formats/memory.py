@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sadump.errors import AbsentMemoryError, SadumpError
+from sadump.errors import AbsentMemoryError, ImageError, SadumpError
 
 #: Largest single read the layer serves; callers bound image-supplied sizes below it.
 MAX_READ = 64 << 20
@@ -161,3 +161,47 @@ class Probe:
     matches: object  # Callable[[bytes], bool]
     open: object  # Callable[[str], PhysicalMemory]
     aliases: tuple[str, ...] = field(default=())
+
+
+class FileImage(PhysicalMemory):
+    """A reader over one open file: opens it, lets `_load()` parse it, and on any failure
+    closes it again and names the file in the one-line error."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self._fd = -1
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise ImageError(f"{path}: cannot open: {e.strerror}") from None
+        self.file_size = os.fstat(self._fd).st_size
+        try:
+            self._load()
+        except ImageError as e:
+            self.close()
+            msg = str(e)
+            raise ImageError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    @abstractmethod
+    def _load(self) -> None:
+        """Parse the file's headers and call `_set_ranges`; raise ImageError when corrupt."""
+
+    def _read_file(self, offset: int, size: int) -> bytes:
+        """Exactly size bytes at offset; a file that ends early (or shrank) is an ImageError."""
+        parts = []
+        while size > 0:
+            chunk = os.pread(self._fd, size, offset)
+            if not chunk:
+                raise ImageError(f"file ends at {offset:#x}, before the data it should hold")
+            parts.append(chunk)
+            offset += len(chunk)
+            size -= len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

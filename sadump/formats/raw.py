@@ -3,36 +3,28 @@
 from __future__ import annotations
 
 import mmap
-import os
 from collections.abc import Iterator
 
 from sadump.errors import ImageError
-from sadump.formats.memory import Extent, PhysicalMemory, file_extents
+from sadump.formats.memory import Extent, FileImage, file_extents
 
 #: reads this large drop their pages from our mapping afterwards (they stay in the page
 #: cache): scanning a whole crashkernel must not grow the resident set by its size
 UNMAP_AFTER = 256 << 10
 
 
-class RawImage(PhysicalMemory):
+class RawImage(FileImage):
     format = "raw"
 
     @staticmethod
     def probe(head: bytes) -> bool:
         return True  # the fallback: any file is raw memory
 
-    def __init__(self, path: str):
-        super().__init__(path)
-        try:
-            self._fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise ImageError(f"{path}: cannot open: {e.strerror}") from None
-        size = os.fstat(self._fd).st_size
-        if size == 0:
-            os.close(self._fd)
-            raise ImageError(f"{path}: empty file")
-        self._map = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
-        self._set_ranges([(0, size)])
+    def _load(self) -> None:
+        if self.file_size == 0:
+            raise ImageError("empty file")
+        self._map = mmap.mmap(self._fd, self.file_size, access=mmap.ACCESS_READ)
+        self._set_ranges([(0, self.file_size)])
 
     def _read(self, paddr: int, size: int) -> bytes:
         data = self._map[paddr : paddr + size]
@@ -49,4 +41,4 @@ class RawImage(PhysicalMemory):
         if getattr(self, "_map", None) is not None:
             self._map.close()
             self._map = None
-            os.close(self._fd)
+        super().close()

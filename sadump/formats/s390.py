@@ -7,13 +7,12 @@ the file holds is still read, and `incomplete` says why.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 from construct import Array, Bytes, Default, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 
 from sadump.errors import ImageError
-from sadump.formats.memory import Extent, PhysicalMemory, file_extents
+from sadump.formats.memory import Extent, FileImage, file_extents
 
 S390_MAGIC = 0xA8190173618F23FD
 S390_EXT_MAGIC = 0xA8190173618F23FE
@@ -112,7 +111,7 @@ def build_end_marker(tod: int) -> bytes:
     return DfS390Em.build({"tod": tod})
 
 
-class S390Dump(PhysicalMemory):
+class S390Dump(FileImage):
     """A single-volume s390 dump: memory [0, mem_size) at file offset 0x1000 + address."""
 
     format = "s390"
@@ -122,45 +121,18 @@ class S390Dump(PhysicalMemory):
         # s390_ext is claimed too, only to refuse it with a clear message.
         return int.from_bytes(head[:8], "big") in (S390_MAGIC, S390_EXT_MAGIC)
 
-    def __init__(self, path: str):
-        super().__init__(path)
-        self._fd = -1
-        try:
-            self._fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise ImageError(f"{path}: cannot open: {e.strerror}") from None
-        try:
-            self._load()
-        except ImageError as e:
-            self.close()
-            raise ImageError(f"{path}: {e}") from None
-        except BaseException:
-            self.close()
-            raise
-
-    def _pread(self, offset: int, size: int) -> bytes:
-        parts = []
-        while size > 0:
-            chunk = os.pread(self._fd, size, offset)
-            if not chunk:
-                raise ImageError(f"file ends at {offset:#x}, before the data it should hold")
-            parts.append(chunk)
-            offset += len(chunk)
-            size -= len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
     def _load(self) -> None:
-        self.file_size = size = os.fstat(self._fd).st_size
+        size = self.file_size
         if size < 8:
             raise ImageError(f"file is {size} bytes, too short for an s390 dump")
-        magic = int.from_bytes(self._pread(0, 8), "big")
+        magic = int.from_bytes(self._read_file(0, 8), "big")
         if magic == S390_EXT_MAGIC:
             raise ImageError("s390_ext (compressed DASD) dumps are not supported")
         if magic != S390_MAGIC:
             raise ImageError(f"not an s390 dump: magic {magic:#018x}")
         if size < HDR_SIZE:
             raise ImageError(f"file is {size} bytes, too short for the 4 KiB s390 dump header")
-        self.header = h = DfS390Hdr.parse(self._pread(0, HDR_SIZE))
+        self.header = h = DfS390Hdr.parse(self._read_file(0, HDR_SIZE))
         if h.hdr_size != HDR_SIZE:
             raise ImageError(f"header size is {h.hdr_size:#x}, expected 0x1000")
         if h.page_size != PAGE_SIZE:
@@ -223,7 +195,7 @@ class S390Dump(PhysicalMemory):
             )
         if size < em_off + EM_SIZE:
             return f"no end marker: the file ends at {size:#x}, the marker belongs at {em_off:#x}"
-        em = DfS390Em.parse(self._pread(em_off, EM_SIZE))
+        em = DfS390Em.parse(self._read_file(em_off, EM_SIZE))
         if em.magic != EM_STR:
             return f"no end marker: the bytes at {em_off:#x} are {em.magic!r}, not b'DUMP_END'"
         if em.tod < self.tod:
@@ -232,15 +204,10 @@ class S390Dump(PhysicalMemory):
         return None
 
     def _read(self, paddr: int, size: int) -> bytes:
-        return self._pread(HDR_SIZE + paddr, size)
+        return self._read_file(HDR_SIZE + paddr, size)
 
     def extents(self, start: int, end: int) -> Iterator[Extent]:
         """Memory is plain bytes at 0x1000 + address; holes of a sparse file are zero."""
         lo, hi = max(start, 0), min(end, self._held)
         if lo < hi:
             yield from file_extents(self._fd, lo, hi - lo, HDR_SIZE + lo)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
