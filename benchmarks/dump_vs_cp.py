@@ -4,7 +4,9 @@ both times, their ratio and peak RSS (issue 3: at most 1.5x cp, under 150 MiB).
     python benchmarks/dump_vs_cp.py [IMAGE] [--repeat N] [--work DIR] [--real-cache DIR]
 
 IMAGE defaults to rimg-kdump.raw, taken from --real-cache DIR ($SADUMP_REAL_CACHE) or
-decompressed (sparse) from ../shared/real into the work folder. Both commands run
+decompressed (sparse) from ../shared/real into the work folder; the default run measures it
+twice: as that sparse copy (cp copies only its ~50 MiB of data) and fully allocated, every
+zero written out, as QEMU's pmemsave leaves it on disk. Both commands run
 interleaved, N times each (default 5), median shown; each is timed until its output is on
 disk (the benchmark fsyncs the output and its folder after either tool), peak RSS is the
 child's ru_maxrss (os.wait4). Also shown: sadump's fixed start-up (interpreter, imports,
@@ -43,20 +45,27 @@ def main(argv: list[str] | None = None) -> int:
     out = work / "dump-vs-cp.out"
     floor = bench.Case("floor", [*bench.SADUMP, "dump", str(work / "no-such-image"), "-o",
                                  str(out)], None, out=False, ok=(4,))
-    case = bench.Case("dump vs cp", [*bench.SADUMP, "dump", str(image), "-o", "{out}"],
-                      ["cp", str(image), "{out}"])
     bench.run_case(floor, out, args.repeat)
-    bench.run_case(case, out, args.repeat)
-    s, r = case.runs["sadump"], case.runs["ref"]
-    ts, tr, tf = bench.median(s), bench.median(r), bench.median(floor.runs["sadump"])
-    rss = max(x.rss_kib for x in s) / 1024
-    print(f"image           : {image} ({image.stat().st_size / bench.MiB:.0f} MiB, "
-          f"{image.stat().st_blocks * 512 / bench.MiB:.0f} MiB on disk)")
-    print(f"cp + fsync      : {tr:.3f} s  (peak RSS {max(x.rss_kib for x in r) / 1024:.0f} MiB)")
-    print(f"sadump dump     : {ts:.3f} s  (peak RSS {rss:.0f} MiB)")
-    print(f"ratio           : {ts / tr:.2f}  (issue 3: <= 1.5 {'met' if ts <= 1.5 * tr else 'NOT met'}"
-          f"; RSS < 150 MiB {'met' if rss < 150 else 'NOT met'})")
-    print(f"sadump start-up : {tf:.3f} s  (ratio less start-up {max(ts - tf, 0) / tr:.2f})")
+    tf = bench.median(floor.runs["sadump"])
+    images = [image]
+    if not args.image:
+        images.append(bench.make_allocated(image, work / "real-1g-alloc.raw"))
+    for img in images:
+        case = bench.Case("dump vs cp", [*bench.SADUMP, "dump", str(img), "-o", "{out}"],
+                          ["cp", str(img), "{out}"])
+        bench.run_case(case, out, args.repeat)
+        s, r = case.runs["sadump"], case.runs["ref"]
+        ts, tr = bench.median(s), bench.median(r)
+        rss = max(x.rss_kib for x in s) / 1024
+        met = "met" if ts <= 1.5 * tr else "NOT met"
+        print(f"image           : {img} ({img.stat().st_size / bench.MiB:.0f} MiB, "
+              f"{img.stat().st_blocks * 512 / bench.MiB:.0f} MiB on disk)")
+        print(f"cp + fsync      : {tr:.3f} s  (peak RSS "
+              f"{max(x.rss_kib for x in r) / 1024:.0f} MiB)")
+        print(f"sadump dump     : {ts:.3f} s  (peak RSS {rss:.0f} MiB)")
+        print(f"ratio           : {ts / tr:.2f}  (issue 3: <= 1.5 {met}"
+              f"; RSS < 150 MiB {'met' if rss < 150 else 'NOT met'})")
+        print(f"ratio less the start-up of {tf:.3f} s: {max(ts - tf, 0) / tr:.2f}\n")
     return 0
 
 
