@@ -9,6 +9,7 @@ from construct import Array, Bytes, Int16ub, Int32ub, Int64ub, Struct
 
 from sadump.checksum import cksm
 from sadump.errors import SadumpError
+from sadump.formats.elf import Elf64_Nhdr
 from sadump.formats.memory import PhysicalMemory
 from sadump.ipl.lowcore import DUMP_ABI_OFFSET, DumpAbiFields
 from sadump.vmcoreinfo import MAX_VMCOREINFO, VmcoreInfo
@@ -210,7 +211,6 @@ class VmcoreinfoFound:
     error: str = ""
 
 
-NOTE_HEADER = Struct("n_namesz" / Int32ub, "n_descsz" / Int32ub, "n_type" / Int32ub)
 VMCOREINFO_NAME = b"VMCOREINFO"
 
 
@@ -221,7 +221,7 @@ def read_vmcoreinfo_note(mem: PhysicalMemory, addr: int) -> VmcoreinfoFound:
         found.error = "VMCOREINFO pointer at 0xE0C is zero"
         return found
     try:
-        hdr = NOTE_HEADER.parse(mem.read(addr, NOTE_HEADER.sizeof()))
+        hdr = Elf64_Nhdr.parse(mem.read(addr, Elf64_Nhdr.sizeof()))
         if hdr.n_namesz != len(VMCOREINFO_NAME) + 1:
             found.error = f"note name size {hdr.n_namesz}, expected {len(VMCOREINFO_NAME) + 1}"
             return found
