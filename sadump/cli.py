@@ -143,7 +143,8 @@ def dmesg(
     input_format: InputFormat = None,
 ) -> None:
     """Print the crashed kernel's log, found through VMCOREINFO (makedumpfile --dump-dmesg)."""
-    from sadump import crashinfo, printk
+    from sadump import crashinfo
+    from sadump.kernel import printk
 
     if since is not None and not math.isfinite(since):
         raise fail(Exit.USAGE, f"--since-boot-seconds {since}: not a number of seconds")

@@ -12,7 +12,7 @@ from typing import Any
 from sadump import report
 from sadump.errors import SadumpError
 from sadump.pipeline import Analysis
-from sadump.printk import KernelLog, LogError, Record, analysis_log
+from sadump.kernel.printk import KernelLog, LogError, Record, analysis_log
 
 #: a record that starts a panic or oops report
 CRASH_MARK = re.compile(r"^(Kernel panic|Oops|BUG:)")
@@ -48,7 +48,7 @@ def crash_time(analysis: Analysis) -> int | None:
     info = analysis.vmcoreinfo.info
     if info is not None and info.crashtime is not None:
         return info.crashtime
-    from sadump.vmcoreinfo import VmcoreInfo
+    from sadump.kernel.vmcoreinfo import VmcoreInfo
 
     for note in analysis.image.notes:
         if note.name == "VMCOREINFO":

@@ -12,7 +12,8 @@ from sadump.errors import SadumpError
 from sadump.formats.elf import Elf64_Nhdr
 from sadump.formats.memory import PhysicalMemory
 from sadump.ipl.lowcore import DUMP_ABI_OFFSET, DumpAbiFields
-from sadump.vmcoreinfo import MAX_VMCOREINFO, VmcoreInfo
+from sadump.constants import MAX_VMCOREINFO
+from sadump.kernel.vmcoreinfo import VmcoreInfo
 
 OS_INFO_MAGIC = b"OSINFOSZ"
 OS_INFO_SIZE = 4096

@@ -19,7 +19,7 @@ from sadump.meminfo_reader import (
     read_lowcore_abi,
     read_meminfo,
 )
-from sadump.vmcoreinfo import AddressTranslation
+from sadump.kernel.translate import KernelLayout, KernelMemory, kernel_memory
 
 MIB = 1 << 20
 
@@ -46,15 +46,7 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     digest: KexecDigest | None = None  # the kexec segment check, made only on the kdump path
 
-    @property
-    def translation(self) -> AddressTranslation:
-        """Virtual->physical, from os_info value entries, else from VMCOREINFO keys."""
-        m = self.meminfo
-        if m.valid and m.value(5):
-            return AddressTranslation(m.value(4), m.value(5), m.value(6), m.value(8), m.value(9))
-        if self.vmcoreinfo.info is not None:
-            return AddressTranslation.from_vmcoreinfo(self.vmcoreinfo.info)
-        return AddressTranslation()
+    kernel_memory: KernelMemory | None = None  # the crashed kernel's virtual address space
 
     def close(self) -> None:
         self.memory.close()
@@ -87,11 +79,15 @@ def analyse_memory(image: PhysicalMemory) -> Analysis:
             if handoff else verify_kexec_digest(memory, meminfo.crashkernel_addr,
                                                 meminfo.crashkernel_size)
         decision = decide(meminfo, kernel, digest)
+    layout = None
+    if meminfo.valid and meminfo.value(5):  # 6.10+: the layout from os_info value entries
+        layout = KernelLayout(*(meminfo.value(i) for i in (4, 5, 6, 8, 9)))
+    kmem = kernel_memory(memory, vmcoreinfo.info, layout)
     warnings = list(image.warnings)
     if image.incomplete:
         warnings.append(f"incomplete image: {image.incomplete}")
     return Analysis(image, memory, handoff, lowcore, meminfo, vmcoreinfo, ipib, kernel,
-                    decision, warnings, digest)
+                    decision, warnings, digest, kmem)
 
 
 def analyse(path: str, input_format: str | None = None) -> Analysis:

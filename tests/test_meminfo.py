@@ -122,11 +122,11 @@ def test_new_layout_value_entries(tmp_path):
     values = {e.name: e.addr for e in a.meminfo.entries if e.kind == "value"}
     assert values["IDENTITY_BASE"] == spec.identity_base
     assert values["KASLR_OFFSET"] == spec.kaslr_offset
-    assert a.translation.identity_base == spec.identity_base
+    assert a.kernel_memory.layout.identity_base == spec.identity_base
     lowcore_ptr = a.vmcoreinfo.info.symbol("lowcore_ptr")
     assert lowcore_ptr >= spec.kaslr_offset  # a virtual address in the image mapping
-    assert a.translation.to_physical(lowcore_ptr) == spec.build().symbols["lowcore_ptr"] - \
-        spec.kaslr_offset + a.translation.kaslr_offset_phys
+    assert a.kernel_memory.to_physical(lowcore_ptr) == spec.build().symbols["lowcore_ptr"] - \
+        spec.kaslr_offset + a.kernel_memory.layout.kaslr_offset_phys
 
 
 def test_image_taken_after_handoff(tmp_path):

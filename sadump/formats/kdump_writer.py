@@ -230,8 +230,7 @@ def _utsname(analysis, release: str | None, warnings: list[str]) -> dict:
         return fallback
     uts_struct = next(sc for sc in DISK_DUMP_HEADER["big"].subcons if sc.name == "utsname")
     try:
-        raw = analysis.memory.read(analysis.translation.to_physical(sym + off),
-                                   uts_struct.sizeof())
+        raw = analysis.kernel_memory.read(sym + off, uts_struct.sizeof())
     except SadumpError as e:
         warnings.append(f"init_uts_ns unreadable ({e}): kdump header utsname from OSRELEASE")
         return fallback

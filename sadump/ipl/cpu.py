@@ -251,13 +251,21 @@ def lowcore_addresses(analysis) -> tuple[list[int], list[str]]:
     if not 0 < count <= MAX_CPUS:
         warnings.append(f"LENGTH(lowcore_ptr)={count} out of range: capped at {MAX_CPUS}")
         count = max(0, min(count, MAX_CPUS))
-    tr, mem = analysis.translation, analysis.memory
-    table = tr.to_physical(sym)
-    if not mem.is_present(table, 8 * count):
-        return [], warnings + [f"lowcore_ptr table at {table:#x} is not in the image"]
-    raw = mem.read(table, 8 * count)
+    kmem = analysis.kernel_memory
+    try:
+        raw = kmem.read(sym, 8 * count)
+    except SadumpError as e:
+        return [], warnings + [f"lowcore_ptr table at {sym:#x} is not readable: {e}"]
     ptrs = [int.from_bytes(raw[i:i + 8], "big") for i in range(0, len(raw), 8)]
-    return [tr.to_physical(p) for p in ptrs if p], warnings
+    out = []
+    for p in ptrs:
+        if not p:
+            continue
+        try:
+            out.append(kmem.to_physical(p))
+        except SadumpError as e:
+            warnings.append(f"lowcore pointer {p:#x}: {e}")
+    return out, warnings
 
 
 def from_memory(analysis) -> tuple[list[CpuState], list[str]]:

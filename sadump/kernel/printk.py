@@ -10,8 +10,8 @@ Older kernels (a plain-text `log_buf` with `log_end`) are reported as not suppor
 
 The structures are described by VMCOREINFO offsets, not by a fixed layout, so they are read
 field by field instead of through one `construct` declaration. s390 is big-endian and 64-bit.
-Virtual addresses (symbols and the pointers inside the structures) go through the kernel's
-virtual-to-physical rule (AddressTranslation, spec 7.4).
+Virtual addresses (symbols and the pointers inside the structures) are read through
+KernelMemory (the linear rules and the page tables).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sadump.errors import SadumpError
-from sadump.formats.memory import PhysicalMemory
-from sadump.vmcoreinfo import AddressTranslation, VmcoreInfo
+from sadump.kernel.translate import KernelMemory
+from sadump.kernel.vmcoreinfo import VmcoreInfo
 
 ULONG = 8  # sizeof(unsigned long) on s390x
 U64 = (1 << 64) - 1  # lpos arithmetic is unsigned long: it wraps at 2^64
@@ -119,19 +119,17 @@ def _cstr(buf: bytes) -> str:
 class _Kernel:
     """Reads kernel virtual memory and VMCOREINFO values, failing with one clear line."""
 
-    def __init__(self, memory: PhysicalMemory, info: VmcoreInfo, translation: AddressTranslation):
-        self.memory, self.info, self.translation = memory, info, translation
+    def __init__(self, kmem: KernelMemory, info: VmcoreInfo):
+        self.kmem, self.info = kmem, info
 
     def read(self, vaddr: int, size: int, what: str) -> bytes:
-        paddr = self.translation.to_physical(vaddr)
         try:
-            return self.memory.read(paddr, size)
+            return self.kmem.read(vaddr, size)
         except SadumpError as e:
-            raise LogError(f"{what} at virtual {vaddr:#x} (physical {paddr:#x}) "
-                           f"is not readable: {e}") from None
+            raise LogError(f"{what} at virtual {vaddr:#x} is not readable: {e}") from None
 
     def present(self, vaddr: int, size: int) -> bool:
-        return self.memory.is_present(self.translation.to_physical(vaddr), size)
+        return self.kmem.is_readable(vaddr, size)
 
     def symbol(self, name: str) -> int:
         value = self.info.symbol(name)
@@ -167,12 +165,11 @@ class _Problems:
                                  "damaged records")
 
 
-def read_kernel_log(memory: PhysicalMemory, info: VmcoreInfo | None,
-                    translation: AddressTranslation) -> KernelLog:
+def read_kernel_log(kmem: KernelMemory, info: VmcoreInfo | None) -> KernelLog:
     """The log of the kernel VMCOREINFO describes; LogError when none can be read."""
     if info is None:
         raise LogError("no VMCOREINFO found: the kernel log cannot be located")
-    k = _Kernel(memory, info, translation)
+    k = _Kernel(kmem, info)
     if info.symbol("prb") is not None:
         return _read_ringbuffer(k)
     if info.symbol("log_buf") is not None:
@@ -434,4 +431,4 @@ def _read_printk_log(k: _Kernel) -> KernelLog:
 
 def analysis_log(analysis) -> KernelLog:
     """The kernel log of an Analysis (sadump.pipeline): its memory, VMCOREINFO and rule."""
-    return read_kernel_log(analysis.memory, analysis.vmcoreinfo.info, analysis.translation)
+    return read_kernel_log(analysis.kernel_memory, analysis.vmcoreinfo.info)
