@@ -11,8 +11,8 @@ from typing import Any
 
 from sadump import report
 from sadump.errors import SadumpError
-from sadump.pipeline import Analysis
 from sadump.kernel.printk import KernelLog, LogError, Record, analysis_log
+from sadump.pipeline import Analysis
 
 #: a record that starts a panic or oops report
 CRASH_MARK = re.compile(r"^(Kernel panic|Oops|BUG:)")

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from construct import Array, Bytes, Int16ub, Int32ub, Int64ub, Struct
 
 from sadump.checksum import cksm
+from sadump.constants import MAX_VMCOREINFO
 from sadump.errors import SadumpError
 from sadump.formats.elf import Elf64_Nhdr
 from sadump.formats.memory import PhysicalMemory
 from sadump.ipl.lowcore import DUMP_ABI_OFFSET, DumpAbiFields
-from sadump.constants import MAX_VMCOREINFO
 from sadump.kernel.vmcoreinfo import VmcoreInfo
 
 OS_INFO_MAGIC = b"OSINFOSZ"

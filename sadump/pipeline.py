@@ -11,6 +11,7 @@ from sadump.ipl.decision import Decision, decide
 from sadump.ipl.ipib import Ipib, read_ipib
 from sadump.ipl.kernel_image import KernelImage, read_kernel_image
 from sadump.ipl.kexec_digest import KexecDigest, not_applicable, verify_kexec_digest
+from sadump.kernel.translate import KernelLayout, KernelMemory, kernel_memory
 from sadump.meminfo_reader import (
     LowcoreAbi,
     MemInfo,
@@ -19,7 +20,6 @@ from sadump.meminfo_reader import (
     read_lowcore_abi,
     read_meminfo,
 )
-from sadump.kernel.translate import KernelLayout, KernelMemory, kernel_memory
 
 MIB = 1 << 20
 
