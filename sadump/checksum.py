@@ -4,8 +4,7 @@
 neither folded to 16 bits nor complemented.
 """
 
-import sys
-from array import array
+import struct
 
 _MASK = 0xFFFFFFFF
 
@@ -16,11 +15,6 @@ def cksm(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     pad = -len(data) % 4
     if pad:
         data += b"\0" * pad
-    words = array("I", data)
-    if words.itemsize != 4:  # pragma: no cover - every Linux CPython has 4-byte "I"
-        words = array("L", data)
-    if sys.byteorder == "little":
-        words.byteswap()
-    total = initial + sum(words)
+    total = initial + sum(struct.unpack(f">{len(data) // 4}I", data))
     # Per-word end-around carry over any number of additions has this closed form.
     return 0 if total == 0 else (total - 1) % _MASK + 1

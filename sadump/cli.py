@@ -79,7 +79,7 @@ def resolve_image(image: Path | None, sample: bool) -> str:
 
 
 def open_analysis(image: Path | None, sample: bool, input_format: str | None):
-    from sadump.pipeline import analyse
+    from sadump.analysis import analyse
 
     path = resolve_image(image, sample)
     try:
@@ -95,7 +95,7 @@ def inspect_meminfo(
     input_format: InputFormat = None,
     sample: SampleOpt = False,
 ) -> None:
-    """Find, decode and validate os_info (meminfo); say what a trigger would do."""
+    """Find, decode and validate os_info (the 2011 design's meminfo); say what a trigger would do."""
     from sadump import report
 
     analysis = open_analysis(image, sample, input_format)
@@ -151,7 +151,7 @@ def dmesg(
     analysis = open_analysis(source, False, input_format)
     try:
         try:
-            log = printk.analysis_log(analysis)
+            log = printk.read_kernel_log(analysis.kernel_memory, analysis.vmcoreinfo.info)
         except printk.LogError as e:
             raise fail(Exit.IMAGE_ERROR, f"no kernel log: {e}") from None
         records = log.records

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sadump import report
+from sadump.analysis import Analysis
 from sadump.errors import SadumpError
-from sadump.kernel.printk import KernelLog, LogError, Record, analysis_log
-from sadump.pipeline import Analysis
+from sadump.kernel.printk import KernelLog, LogError, Record, read_kernel_log
 
 #: a record that starts a panic or oops report
 CRASH_MARK = re.compile(r"^(Kernel panic|Oops|BUG:)")
@@ -84,11 +84,7 @@ def log_tail(records: list[Record]) -> tuple[str, list[Record]]:
 
 def _cpus(analysis: Analysis) -> tuple[list[Cpu] | None, str, list[str]]:
     try:
-        from sadump.ipl.cpu import find_cpus
-    except ImportError:  # pragma: no cover - the CPU reader ships with sadump
-        return None, "none", ["CPU state: not available in this build"]
-    try:
-        found = find_cpus(analysis)
+        found = analysis.cpus()
     except SadumpError as e:
         return None, "none", [f"CPU state not readable: {e}"]
     cpus = [Cpu(i, c.prefix, c.psw_mask, c.psw_addr) for i, c in enumerate(found.cpus)]
@@ -102,7 +98,7 @@ def crash_info(analysis: Analysis) -> CrashInfo:
     cpus, cpu_source, warnings = _cpus(analysis)
     log, log_error = None, None
     try:
-        log = analysis_log(analysis)
+        log = read_kernel_log(analysis.kernel_memory, analysis.vmcoreinfo.info)
     except LogError as e:
         log_error = str(e)
     kind, tail = log_tail(log.records) if log else ("", [])
@@ -126,7 +122,7 @@ def dmesg_json(analysis: Analysis, log: KernelLog, records: list[Record]) -> dic
 
 
 def info_json(analysis: Analysis, ci: CrashInfo) -> dict[str, Any]:
-    m = analysis.meminfo
+    m = analysis.os_info
     mem = analysis.memory
     return {
         "source": source_json(analysis),
@@ -157,7 +153,7 @@ def _mib(n: int) -> str:
 
 def info_lines(analysis: Analysis, ci: CrashInfo) -> list[str]:
     """The one-screen report, plain text (kernel log lines hold brackets: no markup)."""
-    m, mem = analysis.meminfo, analysis.memory
+    m, mem = analysis.os_info, analysis.memory
     v = analysis.vmcoreinfo
     out = [f"{analysis.image.path}: {analysis.image.format}"]
     if v.info:

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 from construct import Bytes, Default, Int8sb, Int8ub, Int32ub, Int64ub, Padding, Struct
 
+from sadump.analysis import Analysis
 from sadump.errors import SadumpError
 from sadump.formats.elf import NT_PRPSINFO
 from sadump.formats.memory import Note, PhysicalMemory
-from sadump.ipl.cpu import CpuFinding, cpu_notes, find_cpus
-from sadump.pipeline import Analysis
+from sadump.kernel.cpus import CpuFinding, cpu_notes
 from sadump.writing import WriteResult, known_zero_bytes, write_output
 
 PAGE = 4096
@@ -123,7 +123,7 @@ def vmcoreinfo_note(analysis: Analysis) -> Note | None:
 
 def memory_segments(analysis: Analysis, path: str) -> tuple[list[Segment], tuple | None, list]:
     """PT_LOAD ranges with p_vaddr per spec 5.4; the kernel-image segment first (6.10+)."""
-    mem, m = analysis.memory, analysis.meminfo
+    mem, m = analysis.memory, analysis.os_info
     ranges = mem.ranges()
     excluded, warnings = None, []
     if path == "kdump":
@@ -158,7 +158,7 @@ def plan_dump(analysis: Analysis, path: str, fmt: str = "elf", kdump=None) -> Du
     segs, excluded, warnings = memory_segments(analysis, path)
     if not [s for s in segs if s.what == "memory"]:
         raise SadumpError("the image holds no memory to dump")
-    cpus = find_cpus(analysis)
+    cpus = analysis.cpus()
     notes = [prpsinfo_note(), *cpu_notes(cpus.cpus)]
     vmci = vmcoreinfo_note(analysis)
     if vmci is not None:

@@ -1,5 +1,7 @@
-"""Find, decode and validate the os_info ("meminfo") map exactly as Linux and the s390
-stand-alone dumpers do (spec 2). Pure: takes memory, returns findings, never prints."""
+"""Find, decode and validate os_info exactly as Linux and the s390 stand-alone dumpers do
+(spec s390-dump-abi 2). os_info is what the 2011 kdump design called "meminfo" (hence this
+module's name and the `inspect-meminfo` command); everywhere else it is os_info.
+Pure: takes memory, returns findings, never prints."""
 
 from __future__ import annotations
 
@@ -8,12 +10,9 @@ from dataclasses import dataclass, field
 from construct import Array, Bytes, Int16ub, Int32ub, Int64ub, Struct
 
 from sadump.checksum import cksm
-from sadump.constants import MAX_VMCOREINFO
 from sadump.errors import SadumpError
-from sadump.formats.elf import Elf64_Nhdr
 from sadump.formats.memory import PhysicalMemory
 from sadump.ipl.lowcore import DUMP_ABI_OFFSET, DumpAbiFields
-from sadump.kernel.vmcoreinfo import VmcoreInfo
 
 OS_INFO_MAGIC = b"OSINFOSZ"
 OS_INFO_SIZE = 4096
@@ -35,7 +34,7 @@ OsInfoEntry = Struct(
     "csum" / Int32ub,  # data entry: CKSM of the data; value entry: 0
 )
 OS_INFO_ENTRIES = 13
-OsInfo = Struct(
+OsInfoPage = Struct(
     "magic" / Bytes(8),
     "csum" / Int32ub,
     "version_major" / Int16ub,
@@ -45,7 +44,7 @@ OsInfo = Struct(
     "entries" / Array(OS_INFO_ENTRIES, OsInfoEntry),
     "reserved" / Bytes(OS_INFO_SIZE - 0x20 - 20 * OS_INFO_ENTRIES),
 )
-assert OsInfo.sizeof() == OS_INFO_SIZE
+assert OsInfoPage.sizeof() == OS_INFO_SIZE
 
 # index -> (name, kind); slot 2 is INIT_FN on 3.4-era kernels, FLAGS from ~6.5
 ENTRY_SLOTS = [
@@ -71,7 +70,7 @@ class Entry:
 
 
 @dataclass
-class MemInfo:
+class OsInfo:
     """Everything found at lowcore 0xE18, with each check's expected and actual value."""
 
     pointer: int | None = None
@@ -90,7 +89,7 @@ class MemInfo:
     expected: str = ""
     actual: str = ""
 
-    def fail(self, code: int, error: str, expected: str, actual: str) -> MemInfo:
+    def fail(self, code: int, error: str, expected: str, actual: str) -> OsInfo:
         self.error_code, self.error, self.expected, self.actual = code, error, expected, actual
         return self
 
@@ -122,10 +121,10 @@ def read_lowcore_abi(mem: PhysicalMemory) -> LowcoreAbi:
     return LowcoreAbi(raw.ipib, raw.ipib_checksum, raw.vmcore_info, raw.os_info)
 
 
-def read_meminfo(mem: PhysicalMemory, lowcore: LowcoreAbi | None = None) -> MemInfo:
+def read_os_info(mem: PhysicalMemory, lowcore: LowcoreAbi | None = None) -> OsInfo:
     """Validate os_info in the order of s390-tools' kdump_os_info_check (spec 2.4)."""
     lowcore = lowcore or read_lowcore_abi(mem)
-    info = MemInfo()
+    info = OsInfo()
     if lowcore.error:
         return info.fail(EOS_INFO_MISSING, lowcore.error, "lowcore 0xE18 readable", "absent")
     ptr = info.pointer = lowcore.os_info
@@ -138,7 +137,7 @@ def read_meminfo(mem: PhysicalMemory, lowcore: LowcoreAbi | None = None) -> MemI
         return info.fail(EOS_INFO_MISSING, f"os_info pointer {ptr:#x} is outside present memory",
                          "inside present memory", hex(ptr))
     page = mem.read(ptr, OS_INFO_SIZE)
-    raw = OsInfo.parse(page)
+    raw = OsInfoPage.parse(page)
     info.magic = raw.magic
     info.magic_ok = raw.magic == OS_INFO_MAGIC
     if not info.magic_ok:
@@ -188,73 +187,3 @@ def _check_entry(mem: PhysicalMemory, entry: Entry) -> None:
     entry.status = "copied" if entry.checksum_ok else "checksum failed"
     if entry.index == 2 and entry.size >= 4096:
         entry.name = "INIT_FN"  # 3.4-era kernels put a code page into slot 2
-
-
-def flags_word(mem: PhysicalMemory, info: MemInfo) -> int | None:
-    """The FLAGS entry (slot 2) when valid and 8 bytes or more; None otherwise."""
-    if len(info.entries) < 3:
-        return None
-    e = info.entries[2]
-    if e.checksum_ok and e.name == "FLAGS" and e.size >= 8:
-        return mem.read_u64(e.addr)
-    return None
-
-
-@dataclass
-class VmcoreinfoFound:
-    """Where the VMCOREINFO text came from and the text itself (or why not)."""
-
-    source: str = ""  # os_info entry 0 | lowcore 0xE0C | input note
-    address: int | None = None  # of the note (or of the text, for entry 0)
-    size: int = 0  # of the descriptor text
-    info: VmcoreInfo | None = None
-    note_name: str = ""
-    error: str = ""
-
-
-VMCOREINFO_NAME = b"VMCOREINFO"
-
-
-def read_vmcoreinfo_note(mem: PhysicalMemory, addr: int) -> VmcoreinfoFound:
-    """Parse the ELF note that lowcore 0xE0C points to: name, bounded size, text."""
-    found = VmcoreinfoFound(source="lowcore 0xE0C", address=addr)
-    if addr == 0:
-        found.error = "VMCOREINFO pointer at 0xE0C is zero"
-        return found
-    try:
-        hdr = Elf64_Nhdr.parse(mem.read(addr, Elf64_Nhdr.sizeof()))
-        if hdr.n_namesz != len(VMCOREINFO_NAME) + 1:
-            found.error = f"note name size {hdr.n_namesz}, expected {len(VMCOREINFO_NAME) + 1}"
-            return found
-        name = mem.read(addr + 12, hdr.n_namesz)
-        found.note_name = name.rstrip(b"\0").decode("ascii", "replace")
-        if name != VMCOREINFO_NAME + b"\0":
-            found.error = f"note name {found.note_name!r}, expected 'VMCOREINFO'"
-            return found
-        if hdr.n_descsz == 0 or hdr.n_descsz > MAX_VMCOREINFO:
-            found.error = f"note size {hdr.n_descsz:#x} out of bounds (1..{MAX_VMCOREINFO:#x})"
-            return found
-        desc_at = addr + 12 + (hdr.n_namesz + 3) // 4 * 4
-        found.size = hdr.n_descsz
-        found.info = VmcoreInfo.from_bytes(mem.read(desc_at, hdr.n_descsz))
-    except SadumpError as e:
-        found.error = f"VMCOREINFO note at {addr:#x} not readable: {e}"
-    return found
-
-
-def find_vmcoreinfo(mem: PhysicalMemory, info: MemInfo, lowcore: LowcoreAbi) -> VmcoreinfoFound:
-    """os_info entry 0 when valid, else the note at 0xE0C, else a note the input carried."""
-    if info.valid and info.entries and info.entries[0].checksum_ok:
-        e = info.entries[0]
-        if e.size <= MAX_VMCOREINFO:
-            return VmcoreinfoFound("os_info entry 0", e.addr, e.size,
-                                   VmcoreInfo.from_bytes(mem.read(e.addr, e.size)))
-    found = read_vmcoreinfo_note(mem, lowcore.vmcore_info) if not lowcore.error else \
-        VmcoreinfoFound(error=lowcore.error)
-    if found.info is not None:
-        return found
-    for note in mem.notes:
-        if note.name == "VMCOREINFO" and 0 < len(note.desc) <= MAX_VMCOREINFO:
-            return VmcoreinfoFound("input note", None, len(note.desc),
-                                   VmcoreInfo.from_bytes(note.desc))
-    return found

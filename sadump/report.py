@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sadump.pipeline import Analysis
+from sadump.analysis import Analysis
 
 
 def _hex(v: int | None) -> str:
@@ -27,7 +27,7 @@ def image_json(a: Analysis) -> dict[str, Any]:
 
 
 def meminfo_json(a: Analysis) -> dict[str, Any]:
-    m = a.meminfo
+    m = a.os_info
     return {
         "pointer": m.pointer,
         "found": m.found,
@@ -108,7 +108,7 @@ def analysis_json(a: Analysis) -> dict[str, Any]:
 
 
 def trigger_sentence(a: Analysis) -> str:
-    d, m = a.decision, a.meminfo
+    d, m = a.decision, a.os_info
     if d.path == "kdump":
         size = m.crashkernel_size
         return (f"a trigger would swap [0, {size:#x}) with [{m.crashkernel_addr:#x}, "
@@ -136,7 +136,7 @@ def render_inspect(a: Analysis, console) -> None:
     from rich.table import Table
 
     ok = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}
-    img, m, v = a.image, a.meminfo, a.vmcoreinfo
+    img, m, v = a.image, a.os_info, a.vmcoreinfo
     console.print(f"[bold]{img.path}[/]: {img.format}, {img.size / (1 << 20):.1f} MiB present in "
                   f"{len(img.ranges())} range(s): "
                   + ", ".join(f"[{s:#x}, {e:#x})" for s, e in img.ranges()[:4])

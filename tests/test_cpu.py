@@ -6,9 +6,10 @@ import struct
 
 import pytest
 
+from sadump.analysis import analyse
 from sadump.formats.memory import Note
-from sadump.ipl.cpu import CpuState, cpu_notes, find_cpus, from_notes, notes_for
-from sadump.pipeline import analyse
+from sadump.ipl.save_area import CpuState
+from sadump.kernel.cpus import cpu_notes, from_notes, notes_for
 from tests.fixtures.builder import Cpu, ImageSpec, MiB, write_raw, write_s390
 
 NT = {"PRSTATUS": 1, "FPREGSET": 2, "PRPSINFO": 3, "TIMER": 0x301, "TODCMP": 0x302,
@@ -131,7 +132,7 @@ def _cpus(tmp_path, **kw):
     spec = ImageSpec(**kw)
     a = analyse(str(write_raw(spec, tmp_path / "mem.raw")))
     try:
-        return spec, find_cpus(a)
+        return spec, a.cpus()
     finally:
         a.close()
 
@@ -166,7 +167,7 @@ def test_s390_dump_cpus_from_header_prefixes(tmp_path):
     spec = ImageSpec(cpus=cpus)
     a = analyse(str(write_s390(spec, tmp_path / "d.s390")))
     try:
-        found = find_cpus(a)
+        found = a.cpus()
     finally:
         a.close()
     assert [c.prefix for c in found.cpus] == [c.prefix for c in cpus]
@@ -192,7 +193,7 @@ def test_qemu_real_notes_give_the_references_shape(real_file, name):
     ref = analyse(str(real_file("rimg-kdump.proc-vmcore.elf")))
     a = analyse(str(real_file(name)))
     try:
-        found = find_cpus(a)
+        found = a.cpus()
         assert found.source == "notes"
         ref_cpu = [n for n in ref.image.notes if n.type not in (0, NT["PRPSINFO"])]
         got = cpu_notes(found.cpus)
@@ -211,7 +212,7 @@ def test_qemu_real_notes_give_the_references_shape(real_file, name):
 def test_raw_real_image_has_no_stored_status(real_file):
     a = analyse(str(real_file("rimg-kdump.raw")))
     try:
-        found = find_cpus(a)
+        found = a.cpus()
     finally:
         a.close()
     assert found.source == "none" and found.cpus == []

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from sadump import writing
+from sadump.analysis import analyse
 from sadump.dump_plan import plan_dump, write_dump
 from sadump.errors import ImageError
 from sadump.formats.elf import ElfCore
 from sadump.formats.memory import file_extents
 from sadump.formats.raw import RawImage
 from sadump.formats.s390 import S390Dump
-from sadump.pipeline import analyse
 from sadump.writing import BLOCK, PAGE, Sink, nonzero_runs, write_output
 from tests.fixtures.builder import ImageSpec, MiB, write_elf, write_raw, write_s390
 

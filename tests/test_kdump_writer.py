@@ -360,8 +360,8 @@ class FlakyStdout:
 
 
 def test_enospc_on_a_stream_ends_it_incomplete(image, tmp_path, monkeypatch):
+    from sadump.analysis import analyse
     from sadump.dump_plan import plan_dump, write_dump
-    from sadump.pipeline import analyse
     from sadump.writing import OutputError
 
     fake = FlakyStdout(fail_after=200_000)

@@ -16,13 +16,13 @@ import pytest
 from rich.console import Console
 
 from sadump import report
+from sadump.analysis import analyse_memory
 from sadump.errors import ImageError
 from sadump.formats import open_image
 from sadump.formats.memory import Extent, PhysicalMemory
-from sadump.ipl import kexec_digest
-from sadump.ipl.decision import KDUMP_KERNEL_DAMAGED, KDUMP_OK
-from sadump.ipl.kexec_digest import ShaRegions, verify_kexec_digest
-from sadump.pipeline import analyse_memory
+from sadump.trigger import kexec_digest
+from sadump.trigger.decision import KDUMP_KERNEL_DAMAGED, KDUMP_OK
+from sadump.trigger.kexec_digest import ShaRegions, verify_kexec_digest
 from tests.fixtures.builder import ImageSpec, MiB, write_raw
 
 CRASH_BASE, CRASH_SIZE = 0x38000000, 0x8000000

@@ -2,15 +2,15 @@
 
 import pytest
 
+from sadump.analysis import analyse
 from sadump.formats import open_image
-from sadump.ipl.decision import NO_KDUMP_KERNEL
 from sadump.meminfo_reader import (
     EOS_INFO_CSUM_FAILED,
     EOS_INFO_MISSING,
     EOS_INFO_NOCRASHKERNEL,
     EOS_INFO_VERSION,
 )
-from sadump.pipeline import analyse
+from sadump.trigger.decision import NO_KDUMP_KERNEL
 from tests.fixtures.builder import ImageSpec, MiB, write_elf, write_raw
 
 
@@ -25,8 +25,8 @@ def test_valid_image_says_kdump(tmp_path):
     spec = ImageSpec()
     a = run(tmp_path, spec)
     crash_base, crash_size = spec.crash
-    assert a.meminfo.valid and a.meminfo.error_code is None
-    assert (a.meminfo.crashkernel_addr, a.meminfo.crashkernel_size) == (crash_base, crash_size)
+    assert a.os_info.valid and a.os_info.error_code is None
+    assert (a.os_info.crashkernel_addr, a.os_info.crashkernel_size) == (crash_base, crash_size)
     assert a.decision.path == "kdump"
     assert a.decision.entry_point == crash_base + 0x10010
     assert a.vmcoreinfo.source == "lowcore 0xE0C"
@@ -52,13 +52,13 @@ def test_damage_falls_back_with_abi_code(tmp_path, damage, code):
     assert a.decision.reason_code == code
     assert a.decision.entry_point is None
     if code != NO_KDUMP_KERNEL:
-        assert a.meminfo.error_code == code
-        assert a.meminfo.expected and a.meminfo.actual  # each failure says what it saw
+        assert a.os_info.error_code == code
+        assert a.os_info.expected and a.os_info.actual  # each failure says what it saw
 
 
 def test_checksum_failure_carries_both_values(tmp_path):
     a = run(tmp_path, ImageSpec(damage={"checksum_off_by_one_bit"}))
-    m = a.meminfo
+    m = a.os_info
     assert m.csum_stored ^ m.csum_computed == 1
     assert m.expected == f"{m.csum_stored:#010x}" and m.actual == f"{m.csum_computed:#010x}"
 
@@ -68,7 +68,7 @@ def test_pointer_into_hole(tmp_path):
     a = run(tmp_path, spec, write_elf)
     assert a.image.ranges() == [(0, 32 * MiB), (40 * MiB, 64 * MiB)]
     assert a.decision.reason_code == EOS_INFO_MISSING
-    assert "outside present memory" in a.meminfo.error
+    assert "outside present memory" in a.os_info.error
 
 
 def test_truncated_image_before_os_info(tmp_path):
@@ -93,7 +93,7 @@ def test_truncated_to_nothing_but_lowcore(tmp_path):
 ])
 def test_bad_entry_is_dropped_not_fatal(tmp_path, damage, status):
     a = run(tmp_path, ImageSpec(damage={damage}))
-    entry = a.meminfo.entries[0]
+    entry = a.os_info.entries[0]
     assert status in entry.status and entry.checksum_ok is False
     assert a.decision.path == "kdump"  # entries are not checked for kdump (spec 4.4)
     assert a.vmcoreinfo.source == "lowcore 0xE0C"  # falls back to the note
@@ -101,7 +101,7 @@ def test_bad_entry_is_dropped_not_fatal(tmp_path, damage, status):
 
 def test_good_entry_zero_is_used(tmp_path):
     a = run(tmp_path, ImageSpec(entries={0, 1, 2}))
-    assert [e.status for e in a.meminfo.entries[:3]] == ["copied"] * 3
+    assert [e.status for e in a.os_info.entries[:3]] == ["copied"] * 3
     assert a.vmcoreinfo.source == "os_info entry 0"
     assert a.vmcoreinfo.info.osrelease == "6.1.0-synthetic"
 
@@ -119,7 +119,7 @@ def test_bad_vmcoreinfo_note(tmp_path, damage, words):
 def test_new_layout_value_entries(tmp_path):
     spec = ImageSpec(new_layout=True)
     a = run(tmp_path, spec)
-    values = {e.name: e.addr for e in a.meminfo.entries if e.kind == "value"}
+    values = {e.name: e.addr for e in a.os_info.entries if e.kind == "value"}
     assert values["IDENTITY_BASE"] == spec.identity_base
     assert values["KASLR_OFFSET"] == spec.kaslr_offset
     assert a.kernel_memory.layout.identity_base == spec.identity_base
@@ -135,7 +135,7 @@ def test_image_taken_after_handoff(tmp_path):
     assert a.handoff is not None
     assert (a.handoff.oldmem_base, a.handoff.oldmem_size) == spec.crash
     # the crashed system's os_info, not the kdump kernel's (which has crashkernel 0/0)
-    assert a.meminfo.crashkernel_addr == spec.crash[0]
+    assert a.os_info.crashkernel_addr == spec.crash[0]
     assert a.vmcoreinfo.info.osrelease == "6.1.0-synthetic"
 
 

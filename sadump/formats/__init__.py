@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 
 from sadump.errors import ImageError
 from sadump.formats.memory import PhysicalMemory
@@ -48,6 +47,3 @@ def open_image(path: str, input_format: str | None = None) -> PhysicalMemory:
             return cls(path)
     raise ImageError(f"{path}: no reader recognises it")  # pragma: no cover - raw takes all
 
-
-def file_size(path: str) -> int:
-    return os.stat(path).st_size

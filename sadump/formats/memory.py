@@ -12,7 +12,7 @@ import errno
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sadump.errors import AbsentMemoryError, ImageError, SadumpError
 
@@ -88,6 +88,8 @@ class PhysicalMemory(ABC):
         self.notes: list[Note] = []
         #: the input says it is incomplete (s390 end marker, kdump INCOMPLETE flag)
         self.incomplete: str | None = None
+        #: CPU lowcore addresses the input's header lists (the s390 dump format does)
+        self.cpu_prefixes: list[int] = []
         self._starts: list[int] = []
         self._ranges: list[tuple[int, int]] = []
 
@@ -151,16 +153,6 @@ class PhysicalMemory(ABC):
 
     def __exit__(self, *exc):
         self.close()
-
-
-@dataclass
-class Probe:
-    """A registered reader: name, a cheap magic test on the first bytes, the opener."""
-
-    name: str
-    matches: object  # Callable[[bytes], bool]
-    open: object  # Callable[[str], PhysicalMemory]
-    aliases: tuple[str, ...] = field(default=())
 
 
 class FileImage(PhysicalMemory):

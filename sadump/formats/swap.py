@@ -24,6 +24,7 @@ class SwappedMemory(PhysicalMemory):
         self.notes = base.notes
         self.warnings = base.warnings
         self.incomplete = base.incomplete
+        self.cpu_prefixes = base.cpu_prefixes
         self._set_ranges(base.ranges())
 
     def translate(self, addr: int) -> int:

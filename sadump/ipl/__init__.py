@@ -1,2 +1,2 @@
-"""What the s390 architecture and boot ABI define: lowcore, save areas, kernel entry
-table, IPL parameter block, and the trigger's hand-off decision."""
+"""What the s390 architecture and the boot ABI define: lowcore fields, the store-status save
+area, the kernel entry table and parmarea, the IPL parameter block."""

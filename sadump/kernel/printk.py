@@ -425,10 +425,3 @@ def _read_printk_log(k: _Kernel) -> KernelLog:
     else:
         log.warnings.append("log_buf records do not reach log_next_idx: log cut")
     return log
-
-
-# ---- what the commands call ------------------------------------------------------------
-
-def analysis_log(analysis) -> KernelLog:
-    """The kernel log of an Analysis (sadump.pipeline): its memory, VMCOREINFO and rule."""
-    return read_kernel_log(analysis.kernel_memory, analysis.vmcoreinfo.info)

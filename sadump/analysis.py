@@ -1,4 +1,4 @@
-"""image -> (swap view) -> MemInfo -> Decision: one call per arrow, plain data between."""
+"""image -> (swap view) -> OsInfo -> Decision: one call per arrow, plain data between."""
 
 from __future__ import annotations
 
@@ -7,19 +7,14 @@ from dataclasses import dataclass, field
 from sadump.formats import open_image
 from sadump.formats.memory import PhysicalMemory
 from sadump.formats.swap import SwappedMemory
-from sadump.ipl.decision import Decision, decide
 from sadump.ipl.ipib import Ipib, read_ipib
 from sadump.ipl.kernel_image import KernelImage, read_kernel_image
-from sadump.ipl.kexec_digest import KexecDigest, not_applicable, verify_kexec_digest
+from sadump.kernel.cpus import CpuFinding, find_cpus
 from sadump.kernel.translate import KernelLayout, KernelMemory, kernel_memory
-from sadump.meminfo_reader import (
-    LowcoreAbi,
-    MemInfo,
-    VmcoreinfoFound,
-    find_vmcoreinfo,
-    read_lowcore_abi,
-    read_meminfo,
-)
+from sadump.kernel.vmcoreinfo import VmcoreinfoFound, find_vmcoreinfo
+from sadump.meminfo_reader import LowcoreAbi, OsInfo, read_lowcore_abi, read_os_info
+from sadump.trigger.decision import Decision, decide
+from sadump.trigger.kexec_digest import KexecDigest, not_applicable, verify_kexec_digest
 
 MIB = 1 << 20
 
@@ -38,7 +33,7 @@ class Analysis:
     memory: PhysicalMemory  # the crashed system's memory (swap view when handed off)
     handoff: Handoff | None
     lowcore: LowcoreAbi
-    meminfo: MemInfo
+    os_info: OsInfo
     vmcoreinfo: VmcoreinfoFound
     ipib: Ipib | None
     kernel: KernelImage | None  # what sits at the crashkernel base
@@ -47,6 +42,13 @@ class Analysis:
     digest: KexecDigest | None = None  # the kexec segment check, made only on the kdump path
 
     kernel_memory: KernelMemory | None = None  # the crashed kernel's virtual address space
+    _cpus: CpuFinding | None = field(default=None, repr=False)
+
+    def cpus(self) -> CpuFinding:
+        """The CPUs' registers: the input's notes, else the save areas (read once)."""
+        if self._cpus is None:
+            self._cpus = find_cpus(self.memory, self.kernel_memory, self.vmcoreinfo.info)
+        return self._cpus
 
     def close(self) -> None:
         self.memory.close()
@@ -67,26 +69,26 @@ def analyse_memory(image: PhysicalMemory) -> Analysis:
     handoff = detect_handoff(image)
     memory = SwappedMemory(image, handoff.oldmem_base, handoff.oldmem_size) if handoff else image
     lowcore = read_lowcore_abi(memory)
-    meminfo = read_meminfo(memory, lowcore)
-    vmcoreinfo = find_vmcoreinfo(memory, meminfo, lowcore)
+    os_info = read_os_info(memory, lowcore)
+    vmcoreinfo = find_vmcoreinfo(memory, os_info, lowcore)
     ipib = None if lowcore.error else read_ipib(memory, lowcore.ipib, lowcore.ipib_checksum)
-    kernel = read_kernel_image(memory, meminfo.crashkernel_addr) if meminfo.crashkernel_addr \
+    kernel = read_kernel_image(memory, os_info.crashkernel_addr) if os_info.crashkernel_addr \
         else None
-    decision = decide(meminfo, kernel)
+    decision = decide(os_info, kernel)
     digest = None
     if decision.path == "kdump":
         digest = not_applicable("image taken after the hand-off: the kdump kernel already ran") \
-            if handoff else verify_kexec_digest(memory, meminfo.crashkernel_addr,
-                                                meminfo.crashkernel_size)
-        decision = decide(meminfo, kernel, digest)
+            if handoff else verify_kexec_digest(memory, os_info.crashkernel_addr,
+                                                os_info.crashkernel_size)
+        decision = decide(os_info, kernel, digest)
     layout = None
-    if meminfo.valid and meminfo.value(5):  # 6.10+: the layout from os_info value entries
-        layout = KernelLayout(*(meminfo.value(i) for i in (4, 5, 6, 8, 9)))
+    if os_info.valid and os_info.value(5):  # 6.10+: the layout from os_info value entries
+        layout = KernelLayout(*(os_info.value(i) for i in (4, 5, 6, 8, 9)))
     kmem = kernel_memory(memory, vmcoreinfo.info, layout)
     warnings = list(image.warnings)
     if image.incomplete:
         warnings.append(f"incomplete image: {image.incomplete}")
-    return Analysis(image, memory, handoff, lowcore, meminfo, vmcoreinfo, ipib, kernel,
+    return Analysis(image, memory, handoff, lowcore, os_info, vmcoreinfo, ipib, kernel,
                     decision, warnings, digest, kmem)
 
 

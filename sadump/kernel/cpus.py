@@ -1,9 +1,10 @@
-"""CPU register state for a vmcore: read from the input's register notes or from the
-store-status save areas in memory (spec 6), written as the kernel's notes (spec 5.2/5.3)."""
+"""The crashed system's CPUs: their registers from the input's register notes or from the
+store-status save areas of their lowcores (found through VMCOREINFO lowcore_ptr), and the
+same registers as the kernel's crash notes (spec s390-dump-abi 5.2/5.3, 6)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from construct import Array, Bytes, Default, Int16ub, Int32sb, Int32ub, Int64ub, Padding, Struct
 
@@ -22,15 +23,9 @@ from sadump.formats.elf import (
     prstatus_pid,
 )
 from sadump.formats.memory import Note, PhysicalMemory
-from sadump.ipl.lowcore import (
-    MCESAD_ADDR_MASK,
-    MCESAD_OFFSET,
-    SAVE_AREA_OFFSET,
-    SAVE_AREA_SIZE,
-    VX_SAVE_AREA_SIZE,
-    SaveArea,
-    VxSaveArea,
-)
+from sadump.ipl.save_area import CpuState, read_save_area
+from sadump.kernel.translate import KernelMemory
+from sadump.kernel.vmcoreinfo import VmcoreInfo
 
 #: s390x struct elf_prstatus (spec 5.3); the kernel fills pr_pid, psw, gprs and acrs.
 PrStatus = Struct(
@@ -73,62 +68,6 @@ PER_CPU_TYPES = (NT_PRFPREG, NT_S390_TIMER, NT_S390_TODCMP, NT_S390_TODPREG, NT_
                  NT_S390_PREFIX, NT_S390_VXRS_LOW, NT_S390_VXRS_HIGH, NT_S390_GS_CB)
 #: A cap on lowcore_ptr entries: NR_CPUS of s390 kernels is at most a few hundred.
 MAX_CPUS = 4096
-
-
-def _zeros16() -> list[int]:
-    return [0] * 16
-
-
-@dataclass
-class CpuState:
-    """One CPU's registers as store status leaves them (save-area formats)."""
-
-    psw_mask: int = 0
-    psw_addr: int = 0
-    gprs: list[int] = field(default_factory=_zeros16)
-    acrs: list[int] = field(default_factory=_zeros16)
-    fprs: list[int] = field(default_factory=_zeros16)
-    fpc: int = 0
-    timer: int = 0
-    todcmp: int = 0  # as the save area holds it: clock comparator bits 0-55 in bits 8-63
-    todpreg: int = 0
-    ctrs: list[int] = field(default_factory=_zeros16)
-    prefix: int = 0
-    vxrs: list[bytes] | None = None  # VR0-31, 16 bytes each, when the CPU has vector regs
-    last_break: int = 0  # kept for patching save areas; not in any note
-
-    @classmethod
-    def from_save_area(cls, area: bytes, vx: bytes | None = None) -> CpuState:
-        """From the 512-byte save area (lowcore 0x1200..0x13FF) and the 512-byte VX area.
-
-        A whole lowcore (>= 0x1400 bytes) is accepted too.
-        """
-        if len(area) >= SAVE_AREA_OFFSET + SAVE_AREA_SIZE:
-            area = area[SAVE_AREA_OFFSET:SAVE_AREA_OFFSET + SAVE_AREA_SIZE]
-        if len(area) < SAVE_AREA_SIZE:
-            raise SadumpError(f"save area of {len(area)} bytes, expected {SAVE_AREA_SIZE}")
-        sa = SaveArea.parse(area)
-        vxrs = None
-        if vx is not None:
-            if len(vx) < VX_SAVE_AREA_SIZE:
-                raise SadumpError(f"vector save area of {len(vx)} bytes, expected 512")
-            vxrs = list(VxSaveArea.parse(vx).vrs)
-        return cls(sa.psw_mask, sa.psw_addr, list(sa.gprs), list(sa.acrs), list(sa.fprs),
-                   sa.fpc, sa.timer, sa.todcmp, sa.todpreg, list(sa.ctrs), sa.prefix, vxrs,
-                   sa.last_break)
-
-    def save_area(self, original: bytes | None = None) -> bytes:
-        """The 512-byte save area with this CPU's registers laid over `original`
-        (zgetdump's cpu2lc_64: what is not a register stays as it was)."""
-        base = SaveArea.parse(original if original else bytes(SAVE_AREA_SIZE))
-        base.update({"psw_mask": self.psw_mask, "psw_addr": self.psw_addr, "gprs": self.gprs,
-                     "acrs": self.acrs, "fprs": self.fprs, "fpc": self.fpc, "timer": self.timer,
-                     "todcmp": self.todcmp, "todpreg": self.todpreg, "ctrs": self.ctrs,
-                     "prefix": self.prefix})
-        return SaveArea.build(base)
-
-    def vx_area(self) -> bytes | None:
-        return None if self.vxrs is None else VxSaveArea.build({"vrs": self.vxrs})
 
 
 # ---- from the input's notes ---------------------------------------------------------------
@@ -207,41 +146,12 @@ def from_notes(notes: list[Note]) -> tuple[list[CpuState], list[str]]:
     return cpus, warnings
 
 
-# ---- from memory (store-status save areas) ---------------------------------------------------
-def _vx_area(mem: PhysicalMemory, lowcores: list[int]) -> bytes | None:
-    """The vector registers at the address lowcore 0x11B0 (MCESAD) holds: a real address,
-    used as is (never translated). The first lowcore with a usable designation wins."""
-    for lc in lowcores:
-        if not mem.is_present(lc + MCESAD_OFFSET, 8):
-            continue
-        addr = mem.read_u64(lc + MCESAD_OFFSET) & MCESAD_ADDR_MASK
-        if addr and mem.is_present(addr, VX_SAVE_AREA_SIZE):
-            return mem.read(addr, VX_SAVE_AREA_SIZE)
-    return None
-
-
-def _read_save_area(mem: PhysicalMemory, lowcore: int, ipl: bool) -> CpuState | None:
-    """The save area in the lowcore at `lowcore`; VX from the CPU's own lowcore (for the
-    IPL CPU: the prefix area it names, then absolute 0)."""
-    at = lowcore + SAVE_AREA_OFFSET
-    if not mem.is_present(at, SAVE_AREA_SIZE):
-        return None
-    cpu = CpuState.from_save_area(mem.read(at, SAVE_AREA_SIZE))
-    if cpu.prefix == 0:
-        return cpu
-    vx = _vx_area(mem, [cpu.prefix, 0] if ipl else [lowcore, cpu.prefix])
-    if vx is not None:
-        cpu.vxrs = list(VxSaveArea.parse(vx).vrs)
-    return cpu
-
-
-def lowcore_addresses(analysis) -> tuple[list[int], list[str]]:
+def lowcore_addresses(memory: PhysicalMemory, kmem: KernelMemory,
+                      info: VmcoreInfo | None) -> tuple[list[int], list[str]]:
     """Physical addresses of every CPU's lowcore: the s390 dump header's prefix list when
     the input is one, else the VMCOREINFO array lowcore_ptr[LENGTH] (virtual pointers)."""
-    prefixes = getattr(analysis.image, "cpu_prefixes", None)
-    if prefixes:
-        return [p for p in prefixes if p], []
-    info = analysis.vmcoreinfo.info
+    if memory.cpu_prefixes:
+        return [p for p in memory.cpu_prefixes if p], []
     if info is None:
         return [], ["no VMCOREINFO: the CPUs' lowcores (lowcore_ptr) cannot be found"]
     sym, count = info.symbol("lowcore_ptr"), info.length("lowcore_ptr")
@@ -251,7 +161,6 @@ def lowcore_addresses(analysis) -> tuple[list[int], list[str]]:
     if not 0 < count <= MAX_CPUS:
         warnings.append(f"LENGTH(lowcore_ptr)={count} out of range: capped at {MAX_CPUS}")
         count = max(0, min(count, MAX_CPUS))
-    kmem = analysis.kernel_memory
     try:
         raw = kmem.read(sym, 8 * count)
     except SadumpError as e:
@@ -268,21 +177,20 @@ def lowcore_addresses(analysis) -> tuple[list[int], list[str]]:
     return out, warnings
 
 
-def from_memory(analysis) -> tuple[list[CpuState], list[str]]:
+def from_memory(mem: PhysicalMemory, lowcores: list[int]) -> tuple[list[CpuState], list[str]]:
     """The kernel's rule: the IPL (boot) CPU from absolute 0x1200 first, then each other CPU
     from its prefix area; a save area holding prefix 0 has no stored status."""
-    mem = analysis.memory
-    lowcores, warnings = lowcore_addresses(analysis)
+    warnings: list[str] = []
     cpus: list[CpuState] = []
     try:
-        ipl = _read_save_area(mem, 0, ipl=True)
+        ipl = read_save_area(mem, 0, ipl=True)
         if ipl is not None and ipl.prefix:
             cpus.append(ipl)
         seen = {c.prefix for c in cpus}
         for lc in lowcores:
             if lc in seen:
                 continue  # the IPL CPU's own prefix area: 0x1200 already gave it
-            cpu = _read_save_area(mem, lc, ipl=False)
+            cpu = read_save_area(mem, lc, ipl=False)
             if cpu is None:
                 warnings.append(f"lowcore {lc:#x} is not in the image: its CPU is left out")
             elif cpu.prefix and cpu.prefix not in seen:
@@ -300,14 +208,16 @@ class CpuFinding:
     warnings: list[str]
 
 
-def find_cpus(analysis) -> CpuFinding:
+def find_cpus(memory: PhysicalMemory, kmem: KernelMemory, info: VmcoreInfo | None) -> CpuFinding:
     """The input's register notes when it carries any, else the save areas in memory."""
-    notes = analysis.image.notes
+    notes = memory.notes
     if any(n.type == NT_PRSTATUS for n in notes):
         cpus, warnings = from_notes(notes)
         if cpus:
             return CpuFinding(cpus, "notes", warnings)
-    cpus, warnings = from_memory(analysis)
+    lowcores, warnings = lowcore_addresses(memory, kmem, info)
+    cpus, more = from_memory(memory, lowcores)
+    warnings += more
     if cpus:
         return CpuFinding(cpus, "save areas", warnings)
     warnings.append("no CPU has a stored status (every save area holds prefix 0): "

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sadump.ipl.kernel_image import KernelImage
-from sadump.ipl.kexec_digest import KexecDigest
-from sadump.meminfo_reader import MemInfo
+from sadump.meminfo_reader import OsInfo
+from sadump.trigger.kexec_digest import KexecDigest
 
 #: sadump's own reason codes, outside the ABI's 0x4520-0x4524
 NO_KDUMP_KERNEL = 0x4610
@@ -33,14 +33,14 @@ class Decision:
     entry_point: int | None = None
 
 
-def decide(meminfo: MemInfo, kernel: KernelImage | None,
+def decide(os_info: OsInfo, kernel: KernelImage | None,
            digest: KexecDigest | None = None) -> Decision:
     """digest: the kexec segment check (None: not made, e.g. before the kernel was found)."""
-    if meminfo.error_code is not None:
-        return Decision("full", meminfo.error_code,
-                        f"{REASONS.get(meminfo.error_code, 'os_info invalid')}: {meminfo.error}")
+    if os_info.error_code is not None:
+        return Decision("full", os_info.error_code,
+                        f"{REASONS.get(os_info.error_code, 'os_info invalid')}: {os_info.error}")
     if kernel is None or not kernel.has_kdump_entry:
-        where = f"{meminfo.crashkernel_addr:#x}"
+        where = f"{os_info.crashkernel_addr:#x}"
         why = ("no S390EP entry table" if kernel is None or kernel.present
                else "its memory is absent")
         return Decision("full", NO_KDUMP_KERNEL,
