@@ -11,7 +11,7 @@ from sadump.ipl.ipib import Ipib, read_ipib
 from sadump.ipl.kernel_image import KernelImage, read_kernel_image
 from sadump.kernel.cpus import CpuFinding, find_cpus
 from sadump.kernel.translate import KernelLayout, KernelMemory, kernel_memory
-from sadump.kernel.vmcoreinfo import VmcoreinfoFound, find_vmcoreinfo
+from sadump.kernel.vmcoreinfo import VmcoreinfoFound, crash_time, find_vmcoreinfo
 from sadump.meminfo_reader import LowcoreAbi, OsInfo, read_lowcore_abi, read_os_info
 from sadump.trigger.decision import Decision, decide
 from sadump.trigger.kexec_digest import KexecDigest, not_applicable, verify_kexec_digest
@@ -49,6 +49,10 @@ class Analysis:
         if self._cpus is None:
             self._cpus = find_cpus(self.memory, self.kernel_memory, self.vmcoreinfo.info)
         return self._cpus
+
+    def crash_time(self) -> int | None:
+        """CRASHTIME (seconds since the epoch) of the crashed kernel, when recorded."""
+        return crash_time(self.vmcoreinfo.info, self.image.notes)
 
     def close(self) -> None:
         self.memory.close()

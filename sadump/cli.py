@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from enum import IntEnum
+from enum import Enum, IntEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -41,10 +41,39 @@ ImageArg = Annotated[
     typer.Argument(help="memory image: raw, ELF core, s390 dump, kdump-compressed (flat too)",
                    show_default=False),
 ]
+class InputFormatName(str, Enum):
+    """The readers of sadump.formats.READERS, by name."""
+
+    raw = "raw"
+    elf = "elf"
+    s390 = "s390"
+    kdump = "kdump"
+    kdump_flat = "kdump-flat"
+
+
+class DumpMode(str, Enum):
+    auto = "auto"
+    kdump = "kdump"
+    full = "full"
+
+
+class OutputFormat(str, Enum):
+    elf = "elf"
+    s390 = "s390"
+    kdump = "kdump"
+
+
+class Codec(str, Enum):
+    zstd = "zstd"
+    zlib = "zlib"
+    lzo = "lzo"
+    snappy = "snappy"
+    none = "none"
+
+
 InputFormat = Annotated[
-    str | None,
-    typer.Option("--input-format", "-F",
-                 help="skip probing: raw | elf | s390 | kdump | kdump-flat"),
+    InputFormatName | None,
+    typer.Option("--input-format", "-F", help="skip probing: read IMAGE as this format"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON object on stdout")]
 SampleOpt = Annotated[bool, typer.Option("--sample", help="use the small sample image shipped "
@@ -78,12 +107,12 @@ def resolve_image(image: Path | None, sample: bool) -> str:
     return str(image)
 
 
-def open_analysis(image: Path | None, sample: bool, input_format: str | None):
+def open_analysis(image: Path | None, sample: bool, input_format: InputFormatName | None):
     from sadump.analysis import analyse
 
     path = resolve_image(image, sample)
     try:
-        return analyse(path, input_format)
+        return analyse(path, input_format.value if input_format else None)
     except SadumpError as e:
         raise fail(Exit.IMAGE_ERROR, str(e)) from None
 
@@ -186,10 +215,6 @@ def info(source: SourceArg, json_out: JsonOpt = False, input_format: InputFormat
         analysis.close()
 
 
-DUMP_MODES = ("auto", "kdump", "full")
-DUMP_FORMATS = ("elf", "s390", "kdump")
-
-
 def kdump_options(fmt: str, compress: str | None, jobs: int | None, flatten: bool,
                   stdout: bool):
     """--compress, --jobs, --flatten: kdump only; a codec whose package is missing is a
@@ -218,12 +243,13 @@ def dump(
     output: Annotated[str | None, typer.Option(
         "--output", "-o", help="output file, '-' for stdout (default: vmcore; dump.s390 "
         "with --format s390, vmcore.flat with --flatten)", show_default=False)] = None,
-    mode: Annotated[str, typer.Option(
+    mode: Annotated[DumpMode, typer.Option(
         "--mode", help="auto: the kdump vmcore when a trigger would start kdump, else a full "
-        "dump; kdump: the kdump vmcore or nothing; full: all memory")] = "auto",
-    fmt: Annotated[str, typer.Option("--format", help="elf (vmcore) | s390 (zgetdump -f s390) | "
-                                     "kdump (makedumpfile's kdump-compressed)")] = "elf",
-    compress: Annotated[str | None, typer.Option(
+        "dump; kdump: the kdump vmcore or nothing; full: all memory")] = DumpMode.auto,
+    fmt: Annotated[OutputFormat, typer.Option(
+        "--format", help="elf (vmcore), s390 (zgetdump -f s390) or kdump (makedumpfile's "
+        "kdump-compressed)")] = OutputFormat.elf,
+    compress: Annotated[Codec | None, typer.Option(
         "--compress", help="kdump: zstd | zlib | lzo | snappy | none (default: zstd if "
         "zstandard is installed, else zlib)", show_default=False)] = None,
     jobs: Annotated[int | None, typer.Option(
@@ -247,11 +273,9 @@ def dump(
     from sadump.dump_plan import plan_dump, summary_json, summary_line, write_dump
     from sadump.writing import DumpInterrupted, OutputError
 
-    if mode not in DUMP_MODES:
-        raise fail(Exit.USAGE, f"--mode {mode!r}: one of {', '.join(DUMP_MODES)}")
-    if fmt not in DUMP_FORMATS:
-        raise fail(Exit.USAGE, f"--format {fmt!r}: one of {', '.join(DUMP_FORMATS)}")
-    kdump = kdump_options(fmt, compress, jobs, flatten, output == "-")
+    mode, fmt = mode.value, fmt.value
+    kdump = kdump_options(fmt, compress.value if compress else None, jobs, flatten,
+                          output == "-")
     target = output or ("dump.s390" if fmt == "s390" else "vmcore.flat" if flatten
                         else "vmcore")
     analysis = open_analysis(image, sample, input_format)

@@ -42,21 +42,6 @@ class CrashInfo:
     warnings: list[str] = field(default_factory=list)
 
 
-def crash_time(analysis: Analysis) -> int | None:
-    """CRASHTIME of the VMCOREINFO found in memory, else of the note the input carried (the
-    kernel's /proc/vmcore and kdump files carry it; an image taken before a crash has none)."""
-    info = analysis.vmcoreinfo.info
-    if info is not None and info.crashtime is not None:
-        return info.crashtime
-    from sadump.kernel.vmcoreinfo import VmcoreInfo
-
-    for note in analysis.image.notes:
-        if note.name == "VMCOREINFO":
-            value = VmcoreInfo.from_bytes(note.desc).crashtime
-            if value is not None:
-                return value
-    return None
-
 
 def utc(seconds: int | None) -> str | None:
     if seconds is None:
@@ -102,7 +87,7 @@ def crash_info(analysis: Analysis) -> CrashInfo:
     except LogError as e:
         log_error = str(e)
     kind, tail = log_tail(log.records) if log else ("", [])
-    return CrashInfo(info.osrelease if info else None, crash_time(analysis), cpus, cpu_source,
+    return CrashInfo(info.osrelease if info else None, analysis.crash_time(), cpus, cpu_source,
                      log, log_error, tail, kind, warnings + (log.warnings if log else []))
 
 

@@ -207,10 +207,8 @@ def write_dump(plan: DumpPlan, target: str, force: bool = False,
 
 def summary_json(plan: DumpPlan, result: WriteResult) -> dict:
     """The --json summary: inspect-meminfo's decision object, the path taken, the output."""
-    from sadump.report import decision_json
-
     return {
-        "decision": decision_json(plan.analysis),
+        "decision": plan.analysis.decision.json(),
         "path": plan.path,
         "reason_code": plan.reason_code,
         "reason": plan.reason,

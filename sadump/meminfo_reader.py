@@ -74,6 +74,7 @@ class OsInfo:
     """Everything found at lowcore 0xE18, with each check's expected and actual value."""
 
     pointer: int | None = None
+    page_read: bool = False  # the pointer is non-zero, aligned and its page is present
     found: bool = False  # a page with the right magic was read
     valid: bool = False  # magic, header checksum and version hold
     magic: bytes = b""
@@ -137,6 +138,7 @@ def read_os_info(mem: PhysicalMemory, lowcore: LowcoreAbi | None = None) -> OsIn
         return info.fail(EOS_INFO_MISSING, f"os_info pointer {ptr:#x} is outside present memory",
                          "inside present memory", hex(ptr))
     page = mem.read(ptr, OS_INFO_SIZE)
+    info.page_read = True
     raw = OsInfoPage.parse(page)
     info.magic = raw.magic
     info.magic_ok = raw.magic == OS_INFO_MAGIC

@@ -66,9 +66,7 @@ def vmcoreinfo_json(a: Analysis) -> dict[str, Any]:
 
 
 def decision_json(a: Analysis) -> dict[str, Any]:
-    d = a.decision
-    return {"path": d.path, "reason_code": d.reason_code, "reason": d.reason,
-            "entry_point": d.entry_point}
+    return a.decision.json()
 
 
 def digest_json(a: Analysis) -> dict[str, Any] | None:
@@ -147,11 +145,11 @@ def render_inspect(a: Analysis, console) -> None:
     checks = Table(title="os_info checks (lowcore 0xE18)", show_header=True)
     for col in ("check", "result", "expected", "actual"):
         checks.add_column(col)
-    ptr_ok = m.pointer not in (None, 0) and m.pointer % 4096 == 0 and m.found or m.magic_ok
-    checks.add_row("pointer non-zero, aligned, present", ok[bool(ptr_ok) if m.pointer else False],
-                   "page in memory", _hex(m.pointer))
-    checks.add_row("magic OSINFOSZ", ok[m.magic_ok if m.pointer is not None else None],
-                   "OSINFOSZ", m.magic.decode("ascii", "replace") if m.magic else "-")
+    checks.add_row("pointer non-zero, aligned, present",
+                   ok[m.page_read if m.pointer is not None else None], "page in memory",
+                   _hex(m.pointer))
+    checks.add_row("magic OSINFOSZ", ok[m.magic_ok if m.page_read else None],
+                   "OSINFOSZ", m.magic.decode("ascii", "replace") if m.page_read else "-")
     checks.add_row("header checksum [0xC, 0x1000)", ok[m.checksum_ok if m.found else None],
                    _hex(m.csum_stored), _hex(m.csum_computed))
     checks.add_row("version_major <= 1", ok[m.version[0] <= 1 if m.found else None], "<= 1",

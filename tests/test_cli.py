@@ -1,6 +1,7 @@
 """The command line as runbooks use it: exit statuses, one-line errors, JSON on stdout only."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -72,8 +73,17 @@ def test_usage_errors():
 
 
 def test_unknown_input_format(tmp_path):
+    """A choice the command line does not offer is a usage error, like --format lkcd."""
     r = sadump("inspect-meminfo", "-F", "lkcd", write_raw(ImageSpec(), tmp_path / "m.raw"))
-    assert r.returncode == Exit.IMAGE_ERROR and "unknown input format" in r.stderr
+    assert r.returncode == Exit.USAGE and "lkcd" in r.stderr
+
+
+def test_help_lists_the_choices():
+    r = subprocess.run([sys.executable, "-m", "sadump", "dump", "--help"], check=False,
+                       capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == Exit.OK
+    for choice in ("auto", "kdump", "full", "elf", "s390", "zstd", "lzo", "snappy", "kdump-flat"):
+        assert choice in r.stdout, choice
 
 
 def test_forced_input_format(tmp_path):

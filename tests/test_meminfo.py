@@ -147,3 +147,34 @@ def test_reads_of_absent_memory_raise(tmp_path):
         with pytest.raises(AbsentMemoryError):
             mem.read(32 * MiB - 4, 8)
         assert mem.read(40 * MiB, 4) == spec.expected(40 * MiB, 4)
+
+
+def _rendered(a) -> str:
+    import io
+
+    from rich.console import Console
+
+    from sadump import report
+
+    out = io.StringIO()
+    report.render_inspect(a, Console(file=out, width=200, highlight=False))
+    return out.getvalue()
+
+
+def _row(text: str, check: str) -> str:
+    return next(line for line in text.splitlines() if check in line)
+
+
+def test_report_blames_the_magic_not_the_pointer(tmp_path):
+    """A good pointer to a page with the wrong magic: the pointer check passes, magic fails."""
+    text = _rendered(run(tmp_path, ImageSpec(damage={"bad_magic"})))
+    assert "pass" in _row(text, "pointer non-zero") and "FAIL" not in _row(text, "pointer non-zero")
+    assert "FAIL" in _row(text, "magic OSINFOSZ")
+
+
+def test_report_does_not_judge_an_unread_magic(tmp_path):
+    """A zero pointer: the pointer check fails and the magic, never read, is not judged."""
+    text = _rendered(run(tmp_path, ImageSpec(damage={"zero_pointer"})))
+    assert "FAIL" in _row(text, "pointer non-zero")
+    magic = _row(text, "magic OSINFOSZ")
+    assert "FAIL" not in magic and "pass" not in magic

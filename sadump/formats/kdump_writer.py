@@ -245,8 +245,6 @@ def _utsname(analysis, release: str | None, warnings: list[str]) -> dict:
 def layout(plan, options: KdumpOptions | None = None) -> None:
     """Memory segments only (the format is physical pages); decide every offset before the
     page data; plan.size is the largest the file can get (every page stored raw)."""
-    from sadump.crashinfo import crash_time
-
     opts = options or KdumpOptions()
     codec = opts.codec or default_codec()
     page_compressor(codec)  # fail now if its package is missing
@@ -283,7 +281,7 @@ def layout(plan, options: KdumpOptions | None = None) -> None:
     warnings: list[str] = []
     info = plan.analysis.vmcoreinfo.info
     release = info.osrelease if info else None
-    when = crash_time(plan.analysis)
+    when = plan.analysis.crash_time()
     if when is None:
         import time
 

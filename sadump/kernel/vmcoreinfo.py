@@ -76,6 +76,20 @@ class VmcoreInfo:
         return self.hex("KERNELOFFSET")
 
 
+def crash_time(info: VmcoreInfo | None, notes) -> int | None:
+    """CRASHTIME of the VMCOREINFO found in memory, else of a VMCOREINFO note the input
+    carried (the kernel's /proc/vmcore and kdump files carry it; an image taken before a
+    crash has none)."""
+    if info is not None and info.crashtime is not None:
+        return info.crashtime
+    for note in notes:
+        if note.name == "VMCOREINFO":
+            value = VmcoreInfo.from_bytes(note.desc).crashtime
+            if value is not None:
+                return value
+    return None
+
+
 @dataclass
 class VmcoreinfoFound:
     """Where the VMCOREINFO text came from and the text itself (or why not)."""

@@ -32,6 +32,11 @@ class Decision:
     reason: str
     entry_point: int | None = None
 
+    def json(self) -> dict:
+        """The decision object of every --json output."""
+        return {"path": self.path, "reason_code": self.reason_code, "reason": self.reason,
+                "entry_point": self.entry_point}
+
 
 def decide(os_info: OsInfo, kernel: KernelImage | None,
            digest: KexecDigest | None = None) -> Decision:
