@@ -13,7 +13,7 @@ from sadump.kernel.cpus import CpuFinding, find_cpus
 from sadump.kernel.translate import KernelLayout, KernelMemory, kernel_memory
 from sadump.kernel.vmcoreinfo import VmcoreinfoFound, crash_time, find_vmcoreinfo
 from sadump.meminfo_reader import LowcoreAbi, OsInfo, read_lowcore_abi, read_os_info
-from sadump.trigger.decision import Decision, decide
+from sadump.trigger.decision import KDUMP, Decision, already_dumped, decide
 from sadump.trigger.kexec_digest import KexecDigest, not_applicable, verify_kexec_digest
 
 MIB = 1 << 20
@@ -78,9 +78,10 @@ def analyse_memory(image: PhysicalMemory) -> Analysis:
     ipib = None if lowcore.error else read_ipib(memory, lowcore.ipib, lowcore.ipib_checksum)
     kernel = read_kernel_image(memory, os_info.crashkernel_addr) if os_info.crashkernel_addr \
         else None
-    decision = decide(os_info, kernel)
+    decision = already_dumped(image, os_info, crash_time(vmcoreinfo.info, image.notes)) \
+        or decide(os_info, kernel)
     digest = None
-    if decision.path == "kdump":
+    if decision.path == KDUMP:
         digest = not_applicable("image taken after the hand-off: the kdump kernel already ran") \
             if handoff else verify_kexec_digest(memory, os_info.crashkernel_addr,
                                                 os_info.crashkernel_size)

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from sadump.errors import SadumpError
+from sadump.trigger.decision import FULL, KDUMP
 
 
 class Exit(IntEnum):
@@ -137,11 +138,11 @@ def inspect_meminfo(
             from rich.console import Console
 
             report.render_inspect(analysis, Console(highlight=False))
-        if analysis.decision.path != "kdump":
+        if analysis.decision.path != KDUMP:
             err(report.trigger_sentence(analysis))
     finally:
         analysis.close()
-    raise typer.Exit(int(Exit.OK if analysis.decision.path == "kdump" else Exit.FULL_DUMP))
+    raise typer.Exit(int(Exit.FULL_DUMP if analysis.decision.path == FULL else Exit.OK))
 
 
 SourceArg = Annotated[
@@ -283,10 +284,11 @@ def dump(
         for w in analysis.warnings:
             err(f"warning: {w}")
         decision = analysis.decision
-        if mode == "kdump" and decision.path != "kdump":
+        if mode == "kdump" and decision.path == FULL:
             raise fail(Exit.KDUMP_REFUSED, f"kdump is not possible: {decision.reason} "
                        f"({decision.reason_code:#x}): nothing written")
-        path = "full" if mode == "full" else decision.path
+        # a dump given as input is converted as it is: its kdump-shaped view is the input
+        path = FULL if mode == "full" or decision.path == FULL else KDUMP
         try:
             plan = plan_dump(analysis, path, fmt, kdump)
         except SadumpError as e:
@@ -308,7 +310,7 @@ def dump(
                   file=sys.stderr if target == "-" else sys.stdout)
     finally:
         analysis.close()
-    status = Exit.FULL_DUMP if path == "full" and mode == "auto" else Exit.OK
+    status = Exit.FULL_DUMP if path == FULL and mode == "auto" else Exit.OK
     raise typer.Exit(int(status))
 
 

@@ -17,6 +17,7 @@ from sadump.errors import SadumpError
 from sadump.formats.elf import NT_PRPSINFO
 from sadump.formats.memory import Note, PhysicalMemory
 from sadump.kernel.cpus import CpuFinding, cpu_notes
+from sadump.trigger.decision import DUMPED
 from sadump.writing import WriteResult, known_zero_bytes, write_output
 
 PAGE = 4096
@@ -84,6 +85,8 @@ class DumpPlan:
         """One line before writing: what is written and why."""
         what = "kdump vmcore" if self.path == "kdump" else "full dump"
         code = f" ({self.reason_code:#x})" if self.reason_code else ""
+        if self.analysis.decision.path == DUMPED and self.path == "kdump":
+            return f"converting the input ({self.format}): {self.reason}"
         return f"writing a {what} ({self.format}): {self.reason}{code}"
 
     @property

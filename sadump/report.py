@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sadump.analysis import Analysis
+from sadump.trigger.decision import DUMPED, FULL, KDUMP
 
 
 def _hex(v: int | None) -> str:
@@ -107,7 +108,9 @@ def analysis_json(a: Analysis) -> dict[str, Any]:
 
 def trigger_sentence(a: Analysis) -> str:
     d, m = a.decision, a.os_info
-    if d.path == "kdump":
+    if d.path == DUMPED:
+        return f"{d.reason}: nothing for a trigger to do; `sadump dump` converts it as it is"
+    if d.path == KDUMP:
         size = m.crashkernel_size
         return (f"a trigger would swap [0, {size:#x}) with [{m.crashkernel_addr:#x}, "
                 f"{m.crashkernel_addr + size:#x}) and start the kdump kernel at {d.entry_point:#x}")
@@ -184,5 +187,5 @@ def render_inspect(a: Analysis, console) -> None:
                       + (f", cmdline {k.command_line!r}" if k.command_line else ""))
     if a.digest:
         render_digest(a, console)
-    colour = "green" if a.decision.path == "kdump" else "yellow"
+    colour = "yellow" if a.decision.path == FULL else "green"
     console.print(f"[bold {colour}]decision: {a.decision.path}[/] - {trigger_sentence(a)}")

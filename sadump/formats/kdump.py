@@ -387,6 +387,7 @@ class _KdumpBase(FileImage):
             "nr_cpus": h.nr_cpus,
             **sub,
         }
+        self.dump_level = sub["dump_level"]
         if h.status & DUMP_DH_COMPRESSED_INCOMPLETE:
             self._mark_incomplete("kdump header says the dump is incomplete")
         if sub["split"]:

@@ -90,6 +90,8 @@ class PhysicalMemory(ABC):
         self.incomplete: str | None = None
         #: CPU lowcore addresses the input's header lists (the s390 dump format does)
         self.cpu_prefixes: list[int] = []
+        #: the makedumpfile dump level the input was filtered at (kdump-compressed files)
+        self.dump_level: int | None = None
         self._starts: list[int] = []
         self._ranges: list[tuple[int, int]] = []
 

@@ -25,6 +25,7 @@ class SwappedMemory(PhysicalMemory):
         self.warnings = base.warnings
         self.incomplete = base.incomplete
         self.cpu_prefixes = base.cpu_prefixes
+        self.dump_level = base.dump_level
         self._set_ranges(base.ranges())
 
     def translate(self, addr: int) -> int:

@@ -1,11 +1,15 @@
 """The trigger's hand-off decision: kdump when the map can be trusted, a kdump kernel
 is loaded at the crashkernel base and its segment digest holds where one is found; a full
-dump otherwise, always with the reason."""
+dump otherwise, always with the reason. An input that is already a dump taken after the
+crash (the kdump kernel's /proc/vmcore, makedumpfile's or sadump's output) is not judged as
+a trigger would judge memory: its decision is "dumped", and it is converted as it is."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from sadump.formats.memory import PhysicalMemory
 from sadump.ipl.kernel_image import KernelImage
 from sadump.meminfo_reader import OsInfo
 from sadump.trigger.kexec_digest import KexecDigest
@@ -14,6 +18,9 @@ from sadump.trigger.kexec_digest import KexecDigest
 NO_KDUMP_KERNEL = 0x4610
 KDUMP_KERNEL_DAMAGED = 0x4611
 KDUMP_OK = 0
+
+#: decision.path values: start kdump, fall back to a full dump, or the input is already a dump
+KDUMP, FULL, DUMPED = "kdump", "full", "dumped"
 
 REASONS = {
     0x4520: "os_info missing",
@@ -27,7 +34,7 @@ REASONS = {
 
 @dataclass
 class Decision:
-    path: str  # "kdump" | "full"
+    path: str  # "kdump" | "full" | "dumped"
     reason_code: int
     reason: str
     entry_point: int | None = None
@@ -68,3 +75,37 @@ def digest_words(digest: KexecDigest | None) -> str:
     if not digest.applies:
         return f"; segment digest check does not apply: {digest.reason}"
     return f"; kdump kernel could not be verified: {digest.reason}"
+
+
+def _utc(seconds: int) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds} (not a date)"
+
+
+def already_dumped(image: PhysicalMemory, os_info: OsInfo,
+                   crash_time: int | None) -> Decision | None:
+    """The "dumped" decision for an input that is a kernel dump taken after the crash, else
+    None. Such an input is an ELF core with a VMCOREINFO note whose memory leaves out the
+    whole crashkernel that os_info names (the kdump kernel's /proc/vmcore, sadump's kdump
+    vmcore), or a kdump-compressed file (plain or flattened) whose sub header carries
+    VMCOREINFO (makedumpfile's, sadump's). QEMU's dumps carry no VMCOREINFO note: they are
+    memory images of a running or stopped machine and keep the trigger's decision."""
+    if not any(n.name == "VMCOREINFO" for n in image.notes):
+        return None
+    when = f", crash time {_utc(crash_time)}" if crash_time is not None else ""
+    if image.format == "elf":
+        base, size = os_info.crashkernel_addr, os_info.crashkernel_size
+        if not os_info.valid or not size:
+            return None
+        if any(s < base + size and base < e for s, e in image.ranges()):
+            return None
+        what = (f"an ELF vmcore as the kdump kernel's /proc/vmcore shows it{when}, "
+                f"crashkernel [{base:#x}, {base + size:#x}) left out")
+    elif image.format in ("kdump", "kdump-flat"):
+        flat = " (flattened)" if image.format == "kdump-flat" else ""
+        what = f"a kdump-compressed dump{flat}, dump level {image.dump_level or 0}{when}"
+    else:
+        return None
+    return Decision(DUMPED, KDUMP_OK, f"already dumped after the crash: {what}")
