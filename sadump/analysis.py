@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sadump.constants import MIB
 from sadump.formats import open_image
 from sadump.formats.memory import PhysicalMemory
 from sadump.formats.swap import SwappedMemory
@@ -15,8 +16,6 @@ from sadump.kernel.vmcoreinfo import VmcoreinfoFound, crash_time, find_vmcoreinf
 from sadump.meminfo_reader import LowcoreAbi, OsInfo, read_lowcore_abi, read_os_info
 from sadump.trigger.decision import KDUMP, Decision, already_dumped, decide
 from sadump.trigger.kexec_digest import KexecDigest, not_applicable, verify_kexec_digest
-
-MIB = 1 << 20
 
 
 @dataclass

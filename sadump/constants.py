@@ -14,3 +14,8 @@ MAX_PHYS_ADDR = 1 << MAX_PHYSMEM_BITS
 
 #: a VMCOREINFO text is a few KiB (the kernel's buffer is one page); more is damage
 MAX_VMCOREINFO = 64 * KIB
+
+
+def mib(n: int) -> str:
+    """A byte count as people read it in sadump's messages: "12.3 MiB"."""
+    return f"{n / MIB:.1f} MiB"

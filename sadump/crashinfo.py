@@ -11,6 +11,7 @@ from typing import Any
 
 from sadump import report
 from sadump.analysis import Analysis
+from sadump.constants import mib
 from sadump.errors import SadumpError
 from sadump.kernel.printk import KernelLog, LogError, Record, read_kernel_log
 
@@ -132,10 +133,6 @@ def info_json(analysis: Analysis, ci: CrashInfo) -> dict[str, Any]:
 
 # ---- text ------------------------------------------------------------------------------
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
 def info_lines(analysis: Analysis, ci: CrashInfo) -> list[str]:
     """The one-screen report, plain text (kernel log lines hold brackets: no markup)."""
     m, mem = analysis.os_info, analysis.memory
@@ -160,8 +157,8 @@ def info_lines(analysis: Analysis, ci: CrashInfo) -> list[str]:
     ranges = mem.ranges()
     shown = ", ".join(f"[{s:#x}, {e:#x})" for s, e in ranges[:4]) + (" ..." if len(ranges) > 4
                                                                       else "")
-    out.append(f"memory       {_mib(mem.size)} in {len(ranges)} range(s): {shown}")
-    out.append("crashkernel  " + (f"{m.crashkernel_addr:#x}, {_mib(m.crashkernel_size)}"
+    out.append(f"memory       {mib(mem.size)} in {len(ranges)} range(s): {shown}")
+    out.append("crashkernel  " + (f"{m.crashkernel_addr:#x}, {mib(m.crashkernel_size)}"
                                   if m.crashkernel_addr or m.crashkernel_size else "none"))
     if m.valid:
         out.append(f"os_info      valid at {m.pointer:#x} (version {m.version[0]}.{m.version[1]})")

@@ -20,8 +20,6 @@ from sadump.kernel.cpus import CpuFinding, cpu_notes
 from sadump.trigger.decision import DUMPED
 from sadump.writing import WriteResult, known_zero_bytes, write_output
 
-PAGE = 4096
-
 #: s390x struct elf_prpsinfo, 136 bytes (as the reference /proc/vmcore has it)
 PrPsInfo = Struct(
     "pr_state" / Default(Int8ub, 0),

@@ -32,8 +32,9 @@ from construct import (
     Struct,
 )
 
+from sadump.constants import MAX_VMCOREINFO
 from sadump.errors import AbsentMemoryError, ImageError
-from sadump.formats.elf import parse_notes
+from sadump.formats.elf import MAX_NOTE_BYTES, parse_notes
 from sadump.formats.memory import Extent, FileImage, Note
 
 # ---- on-disk layouts (declared once; used to parse and to build) ---------------------------
@@ -208,8 +209,6 @@ def build_flat_end() -> bytes:
 # ---- helpers ---------------------------------------------------------------------------------
 
 #: caps on sizes taken from headers (bounded allocations)
-MAX_NOTES = 16 << 20
-MAX_VMCOREINFO = 1 << 20
 MAX_OVERLAPPING_RECORDS = 4096
 _BITMAP_CHUNK = 1 << 20
 _DESC_BATCH = 4096
@@ -417,7 +416,7 @@ class _KdumpBase(FileImage):
         if version >= 4 and size:
             if off < 0 or off + size > self._end:
                 self.warnings.append(f"ELF notes [{off:#x}, +{size:#x}) lie outside the file")
-            elif size > MAX_NOTES:
+            elif size > MAX_NOTE_BYTES:
                 self.warnings.append(f"ELF notes of {size:#x} bytes ignored (too large)")
             else:
                 self.notes.extend(parse_notes(self._pread(off, size), order, self.warnings))

@@ -19,6 +19,7 @@ from itertools import pairwise
 
 from construct import Array, Int64ub, Struct
 
+from sadump.constants import MIB, PAGE_SIZE
 from sadump.errors import SadumpError
 from sadump.formats.memory import PhysicalMemory
 
@@ -32,8 +33,8 @@ DIGEST_SIZE = 32
 #: where the digest sits relative to the list: kexec-tools (list, digest), x86 kernel purgatory
 DIGEST_OFFSETS = (LIST_SIZE, -DIGEST_SIZE)
 
-PAGE = 4096  # kexec segments are page aligned in start and length (kernel sanity check)
-BLOCK = 1 << 20  # read and zero-test unit
+PAGE = PAGE_SIZE  # kexec segments are page aligned in start and length (kernel sanity check)
+BLOCK = MIB  # read and zero-test unit
 ZERO_BLOCK = bytes(BLOCK)
 IS_ZERO = bytes([1] + [0] * 255)  # translate table: 0 -> 1, anything else -> 0
 U64_MAX = (1 << 64) - 1
