@@ -35,7 +35,7 @@ class Analysis:
     os_info: OsInfo
     vmcoreinfo: VmcoreinfoFound
     ipib: Ipib | None
-    kernel: KernelImage | None  # what sits at the crashkernel base
+    kdump_kernel: KernelImage | None  # what sits at the crashkernel base
     decision: Decision
     warnings: list[str] = field(default_factory=list)
     digest: KexecDigest | None = None  # the kexec segment check, made only on the kdump path

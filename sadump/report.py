@@ -95,11 +95,11 @@ def analysis_json(a: Analysis) -> dict[str, Any]:
             "checksum": {"stored": a.ipib.stored_checksum, "computed": a.ipib.computed_checksum,
                          "ok": a.ipib.checksum_ok},
             "error": a.ipib.error or None},
-        "kdump_kernel": None if a.kernel is None else {
-            "base": a.kernel.base, "present": a.kernel.present, "s390ep": a.kernel.has_marker,
-            "entry_point": a.kernel.kdump_entry if a.kernel.has_kdump_entry else None,
-            "oldmem": [a.kernel.oldmem_base, a.kernel.oldmem_size],
-            "command_line": a.kernel.command_line,
+        "kdump_kernel": None if a.kdump_kernel is None else {
+            "base": a.kdump_kernel.base, "present": a.kdump_kernel.present, "s390ep": a.kdump_kernel.has_marker,
+            "entry_point": a.kdump_kernel.kdump_entry if a.kdump_kernel.has_kdump_entry else None,
+            "oldmem": [a.kdump_kernel.oldmem_base, a.kdump_kernel.oldmem_size],
+            "command_line": a.kdump_kernel.command_line,
             "segments": [[s, n] for s, n in a.digest.segments] if a.digest else [],
             "digest": digest_json(a)},
         "decision": decision_json(a),
@@ -180,8 +180,8 @@ def render_inspect(a: Analysis, console) -> None:
         ib = a.ipib
         console.print(f"IPL parameter block at {ib.address:#x}: type {ib.type or '?'}, "
                       f"{ib.length} bytes, checksum {ok[ib.checksum_ok]} {ib.error}")
-    if a.kernel:
-        k = a.kernel
+    if a.kdump_kernel:
+        k = a.kdump_kernel
         state = "S390EP entry table, kdump entry" if k.has_kdump_entry else "no kdump kernel"
         console.print(f"crashkernel base {k.base:#x}: {state}"
                       + (f", cmdline {k.command_line!r}" if k.command_line else ""))
