@@ -79,7 +79,7 @@ def set_bits(bm: np.ndarray, start: int, end: int, value: bool) -> None:
     hi = 0xFF >> (7 - ((end - 1) & 7))
     if first == last:
         mask = lo & hi
-        bm[first] = bm[first] | mask if value else bm[first] & ~mask & 0xFF
+        bm[first] = int(bm[first]) | mask if value else int(bm[first]) & ~mask & 0xFF
         return
     if value:
         bm[first] |= lo
@@ -413,7 +413,6 @@ def filter_pages(kmem, keys: FilterKeys, present: list[tuple[int, int]], level: 
                 result.unreadable += int((~ok & (pfns >= span_s)).sum())
                 cand = np.flatnonzero(examined & (cls != KEEP))
                 if classes is not None:
-                    classes[b0:b1][examined] = KEEP
                     classes[b0:b1][(pfns >= span_s) & ~ok] = NOT_EXAMINED
                 if cand.size:
                     starts = pfns[cand]
@@ -436,8 +435,9 @@ def filter_pages(kmem, keys: FilterKeys, present: list[tuple[int, int]], level: 
                             classes[b0:b1][inside] = c[idx[inside]]
                     if e.size and int(e[-1]) > b1:
                         set_bits(bm2, b1, int(e[-1]), False)
-                        if classes is not None:
-                            classes[b1:int(e[-1])] = c[-1]
+                        if classes is not None:  # holes stay NOT_EXAMINED
+                            tail = classes[b1:int(e[-1])]
+                            tail[tail != NOT_EXAMINED] = c[-1]
                 result.bad_buddy_orders += _bad_orders(raw[:b1 - b0], keys, level, examined)
                 if progress is not None:
                     progress(b1 - b0)
