@@ -83,7 +83,7 @@ def padded(bm: np.ndarray, size: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def vmcore(real_file):
-    from sadump.pipeline import analyse
+    from sadump.analysis import analyse
     a = analyse(str(real_file("rimg-kdump.proc-vmcore.elf")))
     yield a
     a.close()
@@ -125,11 +125,11 @@ def test_real_raw_image_kdump_path(real_file):
     """The raw image (an earlier moment) on the kdump path, crashkernel left out: its struct
     pages differ from the vmcore's in 2 pages (pfn 0x4e9: PG_mappedtodisk; pfn 0x1416:
     page.private), and neither changes a class, so every level gives the reference bitmaps."""
-    from sadump.pipeline import analyse
+    from sadump.analysis import analyse
     a = analyse(str(real_file("rimg-kdump.raw")))
     try:
         assert a.decision.path == "kdump"
-        ck = (a.meminfo.crashkernel_addr, a.meminfo.crashkernel_size)
+        ck = (a.os_info.crashkernel_addr, a.os_info.crashkernel_size)
         assert ck == (0x38000000, 0x8000000)
         present = pfn_ranges(a.memory.ranges(), ck)
         assert present == [(0, 0x38000)]
