@@ -259,6 +259,13 @@ def dump(
     flatten: Annotated[bool, typer.Option(
         "--flatten", help="kdump: makedumpfile's flattened format, for streams (implied by "
         "-o -)")] = False,
+    dump_level: Annotated[int, typer.Option(
+        "--dump-level", "-d", min=0, max=31, metavar="LEVEL",
+        help="leave pages out as makedumpfile -d does: the sum of 1 zero, 2 cache, 4 cache "
+        "private, 8 user, 16 free (31: all of them; 0: every page)")] = 0,
+    dump_level_fallback: Annotated[bool, typer.Option(
+        "--dump-level-fallback", help="when VMCOREINFO lacks a key that the level needs, "
+        "write the highest level it allows instead of refusing")] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
     json_out: Annotated[bool, typer.Option(
         "--json", help="one JSON summary on stdout (on stderr with -o -)")] = False,
@@ -272,9 +279,13 @@ def dump(
     6 --mode kdump but kdump is not possible; 130 interrupted (nothing written).
     """
     from sadump.dump_plan import plan_dump, summary_json, summary_line, write_dump
+    from sadump.kernel.mem_section import FilterError
     from sadump.writing import DumpInterrupted, OutputError
 
     mode, fmt = mode.value, fmt.value
+    if dump_level and fmt == "s390":
+        raise fail(Exit.USAGE, f"--dump-level {dump_level}: the s390 format cannot mark a page "
+                   "as left out (use --format kdump or elf)")
     kdump = kdump_options(fmt, compress.value if compress else None, jobs, flatten,
                           output == "-")
     target = output or ("dump.s390" if fmt == "s390" else "vmcore.flat" if flatten
@@ -290,7 +301,10 @@ def dump(
         # a dump given as input is converted as it is: its kdump-shaped view is the input
         path = FULL if mode == "full" or decision.path == FULL else KDUMP
         try:
-            plan = plan_dump(analysis, path, fmt, kdump)
+            plan = plan_dump(analysis, path, fmt, kdump, dump_level, dump_level_fallback)
+        except FilterError as e:
+            raise fail(Exit.NOT_WRITTEN, f"cannot filter at dump level {dump_level}: {e}: "
+                       "nothing written") from None
         except SadumpError as e:
             raise fail(Exit.IMAGE_ERROR, f"{e}: nothing written") from None
         for w in plan.warnings:

@@ -17,6 +17,8 @@ from sadump.errors import SadumpError
 from sadump.formats.elf import NT_PRPSINFO
 from sadump.formats.memory import Note, PhysicalMemory
 from sadump.kernel.cpus import CpuFinding, cpu_notes
+from sadump.kernel.mem_section import pfn_ranges
+from sadump.page_filter import PageFilter, kept_runs, plan_page_filter
 from sadump.trigger.decision import DUMPED
 from sadump.writing import WriteResult, known_zero_bytes, write_output
 
@@ -78,6 +80,7 @@ class DumpPlan:
     trailer: int = 0  # bytes after the last segment (s390 end marker; kdump: metadata)
     known_zero: int = 0  # output bytes the reader already knows are zero
     kdump: object = None  # --format kdump: its kdump_writer.KdumpLayout
+    page_filter: PageFilter | None = None  # a dump level: makedumpfile's bitmaps
 
     def describe(self) -> str:
         """One line before writing: what is written and why."""
@@ -146,9 +149,26 @@ def memory_segments(analysis: Analysis, path: str) -> tuple[list[Segment], tuple
     return segs, excluded, warnings
 
 
-def plan_dump(analysis: Analysis, path: str, fmt: str = "elf", kdump=None) -> DumpPlan:
+def filter_segments(analysis: Analysis, segs: list[Segment], level: int, fallback: bool,
+                    fmt: str) -> tuple[list[Segment], PageFilter]:
+    """Apply a dump level: makedumpfile's bitmaps over the plan's memory; for ELF the memory
+    segments become the runs that the 2nd bitmap keeps (zero pages left out too)."""
+    memory = [s for s in segs if s.what == "memory"]
+    present = pfn_ranges([(s.paddr, s.end) for s in memory])
+    pf = plan_page_filter(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
+                          present, level, fallback, drop_zero_pages=fmt == "elf")
+    if fmt != "elf":
+        return segs, pf
+    shift = memory[0].vaddr - memory[0].paddr  # the identity map's base, as memory_segments
+    kept = [Segment(s, s + shift, e - s) for s, e in kept_runs(pf)]
+    return [s for s in segs if s.what != "memory"] + kept, pf
+
+
+def plan_dump(analysis: Analysis, path: str, fmt: str = "elf", kdump=None,
+              dump_level: int = 0, fallback: bool = False) -> DumpPlan:
     """Decide notes, segments and layout. path: "kdump" | "full"; fmt: "elf" | "s390" |
-    "kdump" (kdump: its kdump_writer.KdumpOptions, None for the defaults)."""
+    "kdump" (kdump: its kdump_writer.KdumpOptions, None for the defaults); dump_level:
+    makedumpfile's -d (0: every page), fallback: --dump-level-fallback."""
     from sadump.formats import elf_writer, s390_writer
 
     if path not in ("kdump", "full"):
@@ -159,6 +179,12 @@ def plan_dump(analysis: Analysis, path: str, fmt: str = "elf", kdump=None) -> Du
     segs, excluded, warnings = memory_segments(analysis, path)
     if not [s for s in segs if s.what == "memory"]:
         raise SadumpError("the image holds no memory to dump")
+    page_filter = None
+    if dump_level:
+        segs, page_filter = filter_segments(analysis, segs, dump_level, fallback, fmt)
+        warnings += page_filter.warnings
+        if not segs:
+            raise SadumpError(f"dump level {page_filter.level} leaves no page to dump")
     cpus = analysis.cpus()
     notes = [prpsinfo_note(), *cpu_notes(cpus.cpus)]
     vmci = vmcoreinfo_note(analysis)
@@ -175,7 +201,7 @@ def plan_dump(analysis: Analysis, path: str, fmt: str = "elf", kdump=None) -> Du
     else:
         code, reason = d.reason_code, d.reason
     plan = DumpPlan(analysis, path, fmt, code, reason, notes, segs, cpus, excluded,
-                    warnings=[*cpus.warnings, *warnings])
+                    warnings=[*cpus.warnings, *warnings], page_filter=page_filter)
     if fmt == "elf":
         elf_writer.layout(plan)
     elif fmt == "s390":
@@ -224,6 +250,7 @@ def summary_json(plan: DumpPlan, result: WriteResult) -> dict:
                           "offset": s.offset, "what": s.what} for s in plan.segments],
             "excluded": None if plan.excluded is None else list(plan.excluded),
             **({"kdump": plan.kdump.summary()} if plan.kdump is not None else {}),
+            "dump_level": None if plan.page_filter is None else plan.page_filter.summary(),
         },
         "cpus": {"count": len(plan.cpus.cpus), "source": plan.cpus.source},
         "vmcoreinfo": any(n.name == "VMCOREINFO" for n in plan.notes),
