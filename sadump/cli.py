@@ -210,6 +210,11 @@ def info(source: SourceArg, json_out: JsonOpt = False, input_format: InputFormat
             err(f"warning: {w}")
         if json_out:
             write_stdout(json.dumps(crashinfo.info_json(analysis, ci), indent=2) + "\n")
+        elif sys.stdout.isatty():  # the class table with rich bars
+            from rich.console import Console
+
+            write_stdout("\n".join(crashinfo.info_lines(analysis, ci, False)) + "\n")
+            crashinfo.render_classes(ci.classes, ci.classes_error, Console(highlight=False))
         else:
             write_stdout("\n".join(crashinfo.info_lines(analysis, ci)) + "\n")
     finally:

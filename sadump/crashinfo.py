@@ -11,7 +11,7 @@ from typing import Any
 
 from sadump import report
 from sadump.analysis import Analysis
-from sadump.constants import mib
+from sadump.constants import MIB, PAGE_SIZE, mib
 from sadump.errors import SadumpError
 from sadump.kernel.printk import KernelLog, LogError, Record, read_kernel_log
 
@@ -41,6 +41,8 @@ class CrashInfo:
     tail: list[Record]
     tail_kind: str  # "crash report" | "last lines" | ""
     warnings: list[str] = field(default_factory=list)
+    classes: MemoryClasses | None = None  # the memory by makedumpfile's classes
+    classes_error: str | None = None
 
 
 
@@ -88,8 +90,104 @@ def crash_info(analysis: Analysis) -> CrashInfo:
     except LogError as e:
         log_error = str(e)
     kind, tail = log_tail(log.records) if log else ("", [])
+    classes, classes_error = memory_classes(analysis)
     return CrashInfo(info.osrelease if info else None, analysis.crash_time(), cpus, cpu_source,
-                     log, log_error, tail, kind, warnings + (log.warnings if log else []))
+                     log, log_error, tail, kind, warnings + (log.warnings if log else []),
+                     classes, classes_error)
+
+
+# ---- memory by class (makedumpfile --mem-usage) ----------------------------------------
+
+#: which classes each dump-level bit leaves out (bit 4 takes cache pages private or not)
+LEVEL_CLASSES = {1: ("ZERO",), 2: ("NON_PRI_CACHE",), 4: ("NON_PRI_CACHE", "PRI_CACHE"),
+                 8: ("USER",), 16: ("FREE",)}
+SHOWN_LEVELS = (0, 1, 2, 4, 8, 16, 31)
+
+
+@dataclass
+class MemoryClasses:
+    """Present pages by makedumpfile's --mem-usage classes, and what each level writes."""
+
+    pages: dict[str, int]  # ZERO, NON_PRI_CACHE, PRI_CACHE, USER, FREE, KERN_DATA
+    present: int
+    always_out: int  # hwpoison and offline pages: left out at every level that walks
+    levels: dict[int, int]  # dump level -> pages it writes (at most: see level_pages)
+
+
+def level_pages(pages: dict[str, int], present: int, always_out: int, level: int) -> int:
+    """Pages a level writes: the present ones less its classes. ZERO counts the zero pages
+    that level 31 keeps (as --mem-usage does), so below 31 this is an upper bound."""
+    out = {name for bit, names in LEVEL_CLASSES.items() if level & bit for name in names}
+    return present - sum(pages[n] for n in out) - (always_out if level & ~1 else 0)
+
+
+def memory_classes(analysis: Analysis) -> tuple[MemoryClasses | None, str | None]:
+    """Classify the crashed system's memory (the crashkernel left out) by the rules of
+    makedumpfile -d 31; (None, why) when VMCOREINFO does not allow it."""
+    from sadump.kernel.mem_section import FilterError, filter_keys, pfn_ranges
+    from sadump.kernel.pages import count_zero_pages, filter_pages
+
+    info = analysis.vmcoreinfo.info
+    if info is None:
+        return None, "no VMCOREINFO"
+    m = analysis.os_info
+    leave_out = (m.crashkernel_addr, m.crashkernel_size) if m.valid else None
+    present = pfn_ranges(analysis.memory.ranges(), leave_out)
+    try:
+        result = filter_pages(analysis.kernel_memory, filter_keys(info), present, 31)
+    except FilterError as e:
+        return None, str(e)
+    zero = count_zero_pages(analysis.memory, result.bitmap2, result.max_mapnr)
+    pages = result.mem_usage(zero)
+    always = result.counts.get("HWPOISON", 0) + result.counts.get("OFFLINE", 0)
+    levels = {lv: level_pages(pages, result.present, always, lv) for lv in SHOWN_LEVELS}
+    return MemoryClasses(pages, result.present, always, levels), None
+
+
+def classes_json(mc: MemoryClasses | None, error: str | None) -> dict[str, Any]:
+    if mc is None:
+        return {"error": error}
+    return {"pages": mc.pages,
+            "mib": {k: round(v * PAGE_SIZE / MIB, 1) for k, v in mc.pages.items()},
+            "present_pages": mc.present,
+            "dump_levels": {str(lv): {"pages": n, "mib": round(n * PAGE_SIZE / MIB, 1)}
+                            for lv, n in mc.levels.items()},
+            "error": None}
+
+
+def classes_lines(mc: MemoryClasses | None, error: str | None, bars: bool = True) -> list[str]:
+    """The class table as plain text, with a bar of block characters per class."""
+    if mc is None:
+        return [f"memory by class  not available: {error}"]
+    out = ["memory by class (makedumpfile --mem-usage, the rules of -d 31):"]
+    for name, n in mc.pages.items():
+        share = n / mc.present if mc.present else 0.0
+        bar = "█" * round(share * 40) if bars else ""
+        out.append(f"  {name:<14s}{n:>10d} pages {mib(n * PAGE_SIZE):>12s} {share:6.1%} {bar}")
+    out.append("dump levels (pages written; below 31 at most): " + ", ".join(
+        f"{lv}: {n} ({mib(n * PAGE_SIZE)})" for lv, n in mc.levels.items()))
+    return out
+
+
+def render_classes(mc: MemoryClasses | None, error: str | None, console) -> None:
+    """The class table on a terminal: one rich bar per class."""
+    if mc is None:
+        console.print(f"memory by class  not available: {error}")
+        return
+    from rich.bar import Bar
+    from rich.table import Table
+
+    table = Table(title="memory by class (makedumpfile --mem-usage, the rules of -d 31)")
+    for col, justify in (("class", "left"), ("pages", "right"), ("MiB", "right"),
+                         ("share", "right"), ("", "left")):
+        table.add_column(col, justify=justify)
+    for name, n in mc.pages.items():
+        share = n / mc.present if mc.present else 0.0
+        table.add_row(name, str(n), f"{n * PAGE_SIZE / MIB:.1f}", f"{share:.1%}",
+                      Bar(1.0, 0.0, share, width=30))
+    console.print(table)
+    console.print("dump levels (pages written; below 31 at most): " + ", ".join(
+        f"{lv}: {n} ({mib(n * PAGE_SIZE)})" for lv, n in mc.levels.items()))
 
 
 # ---- JSON ------------------------------------------------------------------------------
@@ -127,13 +225,14 @@ def info_json(analysis: Analysis, ci: CrashInfo) -> dict[str, Any]:
         "log": {"format": ci.log.format if ci.log else None, "error": ci.log_error,
                 "records": len(ci.log.records) if ci.log else 0, "tail_kind": ci.tail_kind or None,
                 "tail": [r.line() for r in ci.tail]},
+        "memory_classes": classes_json(ci.classes, ci.classes_error),
         "warnings": analysis.warnings + ci.warnings,
     }
 
 
 # ---- text ------------------------------------------------------------------------------
 
-def info_lines(analysis: Analysis, ci: CrashInfo) -> list[str]:
+def info_lines(analysis: Analysis, ci: CrashInfo, with_classes: bool = True) -> list[str]:
     """The one-screen report, plain text (kernel log lines hold brackets: no markup)."""
     m, mem = analysis.os_info, analysis.memory
     v = analysis.vmcoreinfo
@@ -172,4 +271,6 @@ def info_lines(analysis: Analysis, ci: CrashInfo) -> list[str]:
             f"the last {len(ci.tail)} lines"
         out.append(f"kernel log   {len(ci.log.records)} records ({ci.log.format}); {what}:")
         out += ["  " + line for r in ci.tail for line in r.line().split("\n")]
+    if with_classes:
+        out += classes_lines(ci.classes, ci.classes_error)
     return out

@@ -110,3 +110,26 @@ def test_missing_keys_on_the_real_kernel(real_file, drop, level, allowed):
                                   kept)
     finally:
         a.close()
+
+
+def test_info_shows_the_memory_by_class(real_file):
+    """The counts of filtering.md's reference table (2,552 cache, 16 user, 218,941 free) and
+    the 1,155 zero pages that makedumpfile -c -d 31 points at its shared zero page."""
+    res = run("info", real_file(VMCORE), "--json")
+    assert res.exit_code == Exit.OK, res.stderr
+    mc = json.loads(res.stdout)["memory_classes"]
+    assert mc["pages"] == {"ZERO": 1155, "NON_PRI_CACHE": 2552, "PRI_CACHE": 0, "USER": 16,
+                           "FREE": 218941, "KERN_DATA": 229376 - 1155 - 2552 - 16 - 218941}
+    levels = {int(k): v["pages"] for k, v in mc["dump_levels"].items()}
+    # the 2nd-bitmap counts of the references, less zero pages where bit 1 is set
+    assert levels[0] == 229376 and levels[2] == levels[4] == 226824
+    assert levels[8] == 229360 and levels[16] == 10435 and levels[31] == 7867 - 1155
+    text = run("info", real_file(VMCORE)).stdout
+    assert "memory by class" in text and "FREE" in text and "█" in text
+
+
+def test_info_without_the_keys_says_why(tmp_path):
+    res = run("info", write_raw(ImageSpec(), tmp_path / "m.raw"), "--json")
+    assert res.exit_code == Exit.OK, res.stderr
+    mc = json.loads(res.stdout)["memory_classes"]
+    assert mc["error"] and "mem_section" in mc["error"]
