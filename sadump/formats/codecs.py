@@ -28,8 +28,12 @@ FLAGS = {"zlib": FLAG_ZLIB, "lzo": FLAG_LZO, "snappy": FLAG_SNAPPY, "zstd": FLAG
          "none": 0}
 #: the Python package each codec needs (all of them are dependencies of sadump)
 PACKAGES = {"zstd": "zstandard", "lzo": "lzallright", "snappy": "cramjam"}
-#: level of zlib and zstd, as makedumpfile -c (Z_BEST_SPEED) and -z (level 1)
+#: level of zlib, as makedumpfile -c (Z_BEST_SPEED)
 LEVEL = 1
+#: zstd: each page is first tried at PROBE_LEVEL (fast: random pages cost little), and only
+#: the pages that get smaller there are compressed at ZSTD_LEVEL (makedumpfile -z uses 1)
+ZSTD_PROBE_LEVEL = -1
+ZSTD_LEVEL = 3
 
 
 class CodecUnavailable(SadumpError):
@@ -72,7 +76,8 @@ def _zstd() -> Codec:
     def cctx():
         c = getattr(local, "cctx", None)
         if c is None:
-            c = local.cctx = zstandard.ZstdCompressor(level=LEVEL)
+            c = local.cctx = (zstandard.ZstdCompressor(level=ZSTD_PROBE_LEVEL),
+                              zstandard.ZstdCompressor(level=ZSTD_LEVEL))
         return c
 
     def dctx():
@@ -82,7 +87,20 @@ def _zstd() -> Codec:
         return d
 
     def compress(pages: list) -> list:
-        return list(cctx().multi_compress_to_buffer(pages, threads=1)) if pages else []
+        """One frame per page; a page that the probe cannot shrink keeps the probe's frame
+        (not smaller than the page: the writer stores such pages raw)."""
+        if not pages:
+            return []
+        probe, final = cctx()
+        out = list(probe.multi_compress_to_buffer(pages, threads=1))
+        if ZSTD_PROBE_LEVEL == ZSTD_LEVEL:
+            return out
+        small = [i for i, (p, z) in enumerate(zip(pages, out, strict=True)) if len(z) < len(p)]
+        if small:
+            again = final.multi_compress_to_buffer([pages[i] for i in small], threads=1)
+            for i, z in zip(small, again, strict=True):
+                out[i] = z
+        return out
 
     def decode(data: bytes, bs: int) -> bytes:
         declared = zstandard.frame_content_size(data)

@@ -3,9 +3,9 @@ zero-page detector.
 
 `memory_blocks` turns the reader's extents into Blocks in address order: "zero" (the reader
 knows these bytes are zero: input holes, excluded pages; any length), "data" (the bytes,
-read, at most 1 MiB and never across a MiB boundary of the address) and, where the writer
-asks for them, "file" (plain bytes of the input file, not read: the sink lets the kernel
-copy them). `page_blocks` groups them into whole pages for page-based formats (kdump).
+read) and, where the writer asks for them, "file" (plain bytes of the input file, not read
+yet: the sink lets the kernel copy them, the kdump writer reads them in its workers); data
+and file blocks are at most 1 MiB and never cross a MiB boundary of the address. `page_blocks` groups them into whole pages for page-based formats (kdump).
 A dump-level page filter (to come) belongs here: it would turn excluded pages into "zero".
 """
 
@@ -94,7 +94,7 @@ def memory_blocks(mem: PhysicalMemory, start: int, end: int,
                   zero_span: int | None = None) -> Iterator[Block]:
     """Present memory [start, end) as Blocks in address order. `patches` (paddr, bytes)
     replace memory (their blocks are "data"); files=True leaves plain file bytes unread
-    ("file" blocks, any length); zero_span splits "zero" blocks at multiples of it."""
+    ("file" blocks); zero_span splits "zero" blocks at multiples of it."""
     patches = [p for p in patches if p[0] < end and p[0] + len(p[1]) > start]
     for ext in mem.extents(start, end):
         lo, hi = max(ext.paddr, start), min(ext.paddr + ext.size, end)
@@ -106,7 +106,10 @@ def memory_blocks(mem: PhysicalMemory, start: int, end: int,
                     a = step
                 continue
             if ext.kind == "file" and not over and files:
-                yield Block(a, b - a, "file", None, ext.fileno, ext.file_offset + a - ext.paddr)
+                while a < b:  # at most 1 MiB each, at MiB boundaries of the address
+                    n = min(BLOCK - a % BLOCK, b - a)
+                    yield Block(a, n, "file", None, ext.fileno, ext.file_offset + a - ext.paddr)
+                    a += n
                 continue
             pos = a
             while pos < b:
@@ -142,14 +145,17 @@ ZERO_SPAN = 4096
 BLOCK_PAGES = BLOCK // PAGE_SIZE
 
 
-def page_blocks(mem: PhysicalMemory, segments) -> Iterator[tuple[int, int, bytes | None]]:
+def page_blocks(mem: PhysicalMemory, segments,
+                lazy: bool = False) -> Iterator[tuple[int, int, object]]:
     """(first pfn, pages, bytes) in pfn order over the segments (sorted, disjoint): at most
     1 MiB, inside one MiB of addresses; bytes None: all zero as the reader already knows
     (at most ZERO_SPAN pages). Bytes of a page outside the segments (unaligned edges) read
-    as zeros."""
+    as zeros. lazy=True: instead of bytes, a PageBlock whose read() (thread-safe: pread of
+    plain file bytes; other memory was read here) gives them, so that workers can read."""
     cur: list | None = None  # [pfn0, pfn1, zero only, blocks]
     for seg in segments:
-        for blk in memory_blocks(mem, seg.paddr, seg.end, zero_span=ZERO_SPAN * PAGE_SIZE):
+        for blk in memory_blocks(mem, seg.paddr, seg.end, files=True,
+                                 zero_span=ZERO_SPAN * PAGE_SIZE):
             zero = blk.kind == "zero"
             a, b = blk.paddr // PAGE_SIZE, -(-blk.end // PAGE_SIZE)
             if cur is not None and a < cur[1]:  # shares its first page with the block before
@@ -169,21 +175,40 @@ def page_blocks(mem: PhysicalMemory, segments) -> Iterator[tuple[int, int, bytes
                 cur[3].append(blk)
                 continue
             if cur is not None:
-                yield _page_block(*cur)
+                yield _page_block(*cur, lazy)
             cur = [a, b, zero, [blk]]
     if cur is not None:
-        yield _page_block(*cur)
+        yield _page_block(*cur, lazy)
 
 
-def _page_block(pfn0: int, pfn1: int, zero: bool, blocks: list[Block]):
+@dataclass(slots=True)
+class PageBlock:
+    """Whole pages [pfn0 * PAGE_SIZE, +size) made of Blocks; read() gives their bytes."""
+
+    pfn0: int
+    size: int
+    blocks: list
+
+    def read(self):
+        base = self.pfn0 * PAGE_SIZE
+        first = self.blocks[0]
+        if len(self.blocks) == 1 and (first.paddr, first.size) == (base, self.size):
+            return _bytes_of(first)
+        buf = bytearray(self.size)
+        for blk in self.blocks:
+            if blk.kind != "zero":
+                buf[blk.paddr - base:blk.end - base] = _bytes_of(blk)
+        return buf
+
+
+def _bytes_of(blk: Block):
+    if blk.kind == "file":
+        return pread_exact(blk.fileno, blk.size, blk.file_offset)
+    return blk.data
+
+
+def _page_block(pfn0: int, pfn1: int, zero: bool, blocks: list[Block], lazy: bool):
     if zero:
         return pfn0, pfn1 - pfn0, None
-    base, size = pfn0 * PAGE_SIZE, (pfn1 - pfn0) * PAGE_SIZE
-    first = blocks[0]
-    if len(blocks) == 1 and (first.paddr, first.size) == (base, size):
-        return pfn0, pfn1 - pfn0, first.data
-    buf = bytearray(size)
-    for blk in blocks:
-        if blk.kind == "data":
-            buf[blk.paddr - base:blk.end - base] = blk.data
-    return pfn0, pfn1 - pfn0, buf
+    block = PageBlock(pfn0, (pfn1 - pfn0) * PAGE_SIZE, blocks)
+    return pfn0, pfn1 - pfn0, block if lazy else block.read()

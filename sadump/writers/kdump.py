@@ -41,7 +41,14 @@ from sadump.formats.kdump import (
 )
 from sadump.writers import Layout, need_bytes, verify
 from sadump.writers.bitmap import bitmap_chunks, page_runs
-from sadump.writers.blocks import BLOCK_PAGES, ZERO_BLOCK, ZERO_PAGE, ZERO_SPAN, nonzero_pages
+from sadump.writers.blocks import (
+    BLOCK_PAGES,
+    ZERO_BLOCK,
+    ZERO_PAGE,
+    ZERO_SPAN,
+    PageBlock,
+    nonzero_pages,
+)
 from sadump.writers.blocks import page_blocks as _page_blocks
 from sadump.writers.pool import Ordered
 from sadump.writers.sink import OutputError
@@ -53,6 +60,7 @@ PAGE = PAGE_SIZE  # block size = s390x page size
 IN_FLIGHT = 2  # blocks per job waiting to be compressed, and to be checked (a few MiB)
 DUMP_LEVEL = 1
 DESC = PAGE_DESC_STRUCT["big"]
+SWITCH_INTERVAL = 0.0002  # seconds: GIL hand-over while the pool runs
 CODECS = codecs.NAMES
 #: the default codec (makedumpfile -z's); --compress chooses another
 DEFAULT_CODEC = "zstd"
@@ -211,7 +219,10 @@ class Packed:
 
 def pack_block(pfn0: int, data, codec, mode: str) -> Packed:
     """Zero pages are left to the shared page; a page that does not get smaller is raw.
-    verify="memory": every compressed page is decoded again and compared with its source."""
+    verify="memory": every compressed page is decoded again and compared with its source.
+    data: the block's bytes, or a PageBlock to read them from (in the worker)."""
+    if isinstance(data, PageBlock):
+        data = data.read()
     crc = zlib.crc32(data) if mode == "file" else 0
     n = len(data) // PAGE
     if data == ZERO_BLOCK[:len(data)]:
@@ -223,13 +234,20 @@ def pack_block(pfn0: int, data, codec, mode: str) -> Packed:
     packed = compress(pages) if compress is not None else pages
     if len(packed) != len(pages):
         raise SadumpError(f"the compressor returned {len(packed)} pages for {len(pages)}")
-    sizes, flags, parts = [0] * n, [0] * n, []
-    raw, frames, sources = 0, [], []
-    for i, page, z in zip(nonzero, pages, packed, strict=True):
-        size = len(z)
-        if size < PAGE and compress is not None:
+    lens = [len(z) for z in packed] if compress is not None else [PAGE] * len(pages)
+    sizes, flags = [0] * n, [0] * n
+    if min(lens, default=PAGE) >= PAGE:  # nothing got smaller (random memory): all raw
+        for i in nonzero:
+            sizes[i] = PAGE
+        raw = len(pages)
+        payload = data if raw == n else b"".join(pages)
+        return Packed(crc, sizes, flags, bytes(payload), raw, 0)
+    parts, raw, frames, sources = [], 0, [], []
+    flag = codec.flag
+    for i, page, z, size in zip(nonzero, pages, packed, lens, strict=True):
+        if size < PAGE:
             parts.append(z)
-            sizes[i], flags[i] = size, codec.flag
+            sizes[i], flags[i] = size, flag
             if mode == "memory":
                 frames.append(z)
                 sources.append(data[i * PAGE:(i + 1) * PAGE])
@@ -239,7 +257,7 @@ def pack_block(pfn0: int, data, codec, mode: str) -> Packed:
             raw += 1
     if frames and not verify.decoded_equal(codec, frames, sources):
         raise verify.mismatch(pfn0, n, "a compressed page decodes to other bytes")
-    payload = data if raw == n else b"".join(parts)  # incompressible: no copy
+    payload = b"".join(parts)
     return Packed(crc, sizes, flags, bytes(payload), raw, len(pages) - raw)
 
 
@@ -253,8 +271,8 @@ class _PlainOut:
             raise SadumpError("a plain kdump file cannot be streamed: use --flatten")
         self.sink = sink
 
-    def put(self, offset: int, data) -> int:
-        self.sink.data(offset, data)
+    def put(self, offset: int, data, holes: bool = True) -> int:
+        self.sink.data(offset, data, holes)
         return len(data)
 
     def reserve(self, size: int) -> None:
@@ -284,7 +302,7 @@ class _FlatOut:
         self.sink.data(self.pos, data)
         self.pos += len(data)
 
-    def put(self, offset: int, data) -> int:
+    def put(self, offset: int, data, holes: bool = True) -> int:
         """One record in one write: a stream that fails never ends inside a record head."""
         self._send(FLAT_RECORD.build({"offset": offset, "size": len(data)}) + data)
         return len(data) + 16
@@ -353,6 +371,10 @@ def _write_pages(plan, lay: KdumpLayout, out, sink, codec, back) -> None:
     limit = IN_FLIGHT * lay.jobs
     packing, checking = Ordered(lay.jobs, limit, "kdump"), Ordered(lay.jobs, limit, "check")
     mode = lay.verify
+    # this thread only reads, writes and hands out work: let it have the GIL back soon after
+    # each system call (the default 5 ms lets a worker's Python hold the writes up)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
     def emit(pfn0: int, n: int, packed: Packed) -> None:
         nonlocal rank, data_pos
@@ -365,7 +387,8 @@ def _write_pages(plan, lay: KdumpLayout, out, sink, codec, back) -> None:
             lay.compressed_pages += packed.compressed
             lay.zero_pages += n - packed.raw - packed.compressed
         desc_pos = lay.desc_off + PAGE_DESC_SIZE * rank
-        sent = out.put(data_pos, packed.payload) if packed.payload else 0
+        # page data holds no zero page (those share the zero page): no holes to look for
+        sent = out.put(data_pos, packed.payload, holes=False) if packed.payload else 0
         sent += out.put(desc_pos, descs)  # after the data: a cut stream has no wild pointers
         if back is not None:
             checking.submit(None, back.block, pfn0, n, packed.crc, descs,
@@ -376,7 +399,7 @@ def _write_pages(plan, lay: KdumpLayout, out, sink, codec, back) -> None:
         data_pos += len(packed.payload)
 
     try:
-        for pfn0, n, data in _page_blocks(plan.memory, [s for s, _ in lay.segments]):
+        for pfn0, n, data in _page_blocks(plan.memory, [s for s, _ in lay.segments], lazy=True):
             if data is None:
                 crc = verify.zero_crc(n) if mode == "file" else 0
                 packing.put((pfn0, n), Packed(crc, None, None))
@@ -393,6 +416,7 @@ def _write_pages(plan, lay: KdumpLayout, out, sink, codec, back) -> None:
     finally:
         packing.close()
         checking.close()
+        sys.setswitchinterval(switch)
     if rank != lay.pages:
         raise SadumpError(f"wrote {rank} page descriptors, the bitmap has {lay.pages}")
     lay.data_end = data_pos

@@ -155,12 +155,15 @@ class Sink:
         while self.pos < offset:
             self._send(ZERO_BLOCK[: min(BLOCK, offset - self.pos)])
 
-    def data(self, offset: int, buf: bytes) -> None:
-        """buf at offset; in a file, all-zero pages become holes (decided per MiB first)."""
+    def data(self, offset: int, buf: bytes, holes: bool = True) -> None:
+        """buf at offset; in a file, all-zero pages become holes (decided per MiB first)
+        unless holes=False (the writer knows buf has no zero page: no need to look)."""
         n = len(buf)
         if self.stream is not None:
             self._fill_to(offset)
             self._send(buf)
+        elif not holes:
+            self._pwrite(offset, buf)
         else:
             view = memoryview(buf)
             for a, b in nonzero_runs(buf):
