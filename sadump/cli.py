@@ -231,7 +231,7 @@ def kdump_options(fmt: str, compress: str | None, jobs: int | None, flatten: boo
         if given:
             raise fail(Exit.USAGE, f"{', '.join(given)}: only with --format kdump")
         return None
-    from sadump.formats.kdump_writer import CodecUnavailable, KdumpOptions, page_compressor
+    from sadump.writers.kdump import CodecUnavailable, KdumpOptions, page_compressor
 
     if jobs is not None and not 1 <= jobs <= 1024:
         raise fail(Exit.USAGE, f"--jobs {jobs}: a number of threads from 1 to 1024")
@@ -285,7 +285,7 @@ def dump(
     """
     from sadump.dump_plan import plan_dump, summary_json, summary_line, write_dump
     from sadump.kernel.mem_section import FilterError
-    from sadump.writing import DumpInterrupted, OutputError
+    from sadump.writers.sink import DumpInterrupted, OutputError
 
     mode, fmt = mode.value, fmt.value
     if dump_level and fmt == "s390":

@@ -15,7 +15,12 @@ MAX_PHYS_ADDR = 1 << MAX_PHYSMEM_BITS
 #: a VMCOREINFO text is a few KiB (the kernel's buffer is one page); more is damage
 MAX_VMCOREINFO = 64 * KIB
 
+#: ELF notes of one dump: at most this many bytes (all note segments together) ...
+MAX_NOTE_BYTES = 16 * MIB
+#: ... and at most this many notes (512 CPUs x 10 notes fit)
+MAX_NOTES = 1 << 16
+
 
 def mib(n: int) -> str:
-    """A byte count as people read it in sadump's messages: "12.3 MiB"."""
+    """n bytes as MiB with one decimal, for messages."""
     return f"{n / MIB:.1f} MiB"

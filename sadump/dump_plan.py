@@ -1,5 +1,6 @@
 """What a dump will hold, decided completely before its first byte is written (so that
-`-o -` can stream): the notes, the memory segments and their places in the file.
+`-o -` can stream): the notes, the memory segments, the kernel facts a header needs; then
+the output format's writer lays the file out (sadump.writers: its own Layout object).
 
 kdump path: the old system's memory less the crashkernel range, as the kdump kernel's
 /proc/vmcore shows it (spec 5.4); full path: all present memory. All memory is read
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from construct import Bytes, Default, Int8sb, Int8ub, Int32ub, Int64ub, Padding, Struct
 
 from sadump.analysis import Analysis
+from sadump.constants import MIB
 from sadump.errors import SadumpError
 from sadump.formats.elf import NT_PRPSINFO
 from sadump.formats.memory import Note, PhysicalMemory
@@ -20,7 +22,8 @@ from sadump.kernel.cpus import CpuFinding, cpu_notes
 from sadump.kernel.mem_section import pfn_ranges
 from sadump.page_filter import PageFilter, kept_runs, plan_page_filter
 from sadump.trigger.decision import DUMPED
-from sadump.writing import WriteResult, known_zero_bytes, write_output
+from sadump.writers import Layout, writer
+from sadump.writers.sink import WriteResult, write_output
 
 #: s390x struct elf_prpsinfo, 136 bytes (as the reference /proc/vmcore has it)
 PrPsInfo = Struct(
@@ -47,12 +50,11 @@ IDENTITY_BASE, KASLR_OFFSET, IMAGE_START, IMAGE_END, IMAGE_PHYS = 4, 5, 10, 11, 
 
 @dataclass
 class Segment:
-    """One PT_LOAD (or, in the s390 format, one stretch of memory) and where it goes."""
+    """One PT_LOAD (or, in the s390 format, one stretch of memory)."""
 
     paddr: int
     vaddr: int
     size: int
-    offset: int = 0  # file offset, set by the format's layout
     what: str = "memory"  # memory | kernel image
 
     @property
@@ -61,26 +63,32 @@ class Segment:
 
 
 @dataclass
+class KernelFacts:
+    """What a dump header may say about the crashed kernel (the kdump header does)."""
+
+    release: str | None  # OSRELEASE of VMCOREINFO
+    utsname: dict | None  # init_uts_ns.name: sysname, nodename, release, ...; None: unread
+    crash_time: int | None  # CRASHTIME (seconds since the epoch); None: not known
+
+
+@dataclass
 class DumpPlan:
+    """Format-neutral: what is dumped and why. The writer's Layout says where it goes."""
+
     analysis: Analysis
     path: str  # "kdump" | "full"
-    format: str  # "elf" | "s390"
+    format: str  # "elf" | "s390" | "kdump"
     reason_code: int
     reason: str
     notes: list[Note]
     segments: list[Segment]
     cpus: CpuFinding
     excluded: tuple[int, int] | None  # the crashkernel range left out (kdump path)
+    kernel: KernelFacts
     warnings: list[str] = field(default_factory=list)
-    size: int = 0  # bytes of the output
-    header: bytes = b""  # everything before the first segment's data (ELF) / the header
-    patches: list[tuple[int, bytes]] = field(default_factory=list)  # s390: lowcore patches
-    note_offset: int = 0  # ELF: where the PT_NOTE data starts
-    note_size: int = 0
-    trailer: int = 0  # bytes after the last segment (s390 end marker; kdump: metadata)
-    known_zero: int = 0  # output bytes the reader already knows are zero
-    kdump: object = None  # --format kdump: its kdump_writer.KdumpLayout
-    page_filter: PageFilter | None = None  # a dump level: makedumpfile's bitmaps
+    #: a dump level's bitmaps (None: every page); writers consult it
+    page_filter: PageFilter | None = None
+    layout: Layout | None = None  # set by plan_dump from the format's writer
 
     def describe(self) -> str:
         """One line before writing: what is written and why."""
@@ -93,11 +101,6 @@ class DumpPlan:
     @property
     def memory(self) -> PhysicalMemory:
         return self.analysis.memory
-
-    @property
-    def need(self) -> int:
-        """Disk space the output may take: every byte not known to be zero."""
-        return self.size - self.known_zero
 
 
 def subtract(ranges: list[tuple[int, int]], cut: tuple[int, int]) -> list[tuple[int, int]]:
@@ -149,6 +152,35 @@ def memory_segments(analysis: Analysis, path: str) -> tuple[list[Segment], tuple
     return segs, excluded, warnings
 
 
+def kernel_facts(analysis: Analysis, warnings: list[str]) -> KernelFacts:
+    """OSRELEASE, init_uts_ns.name (as makedumpfile copies it) and CRASHTIME."""
+    info = analysis.vmcoreinfo.info
+    release = info.osrelease if info else None
+    return KernelFacts(release, _utsname(analysis, release, warnings), analysis.crash_time())
+
+
+def _utsname(analysis: Analysis, release: str | None, warnings: list[str]) -> dict | None:
+    from sadump.formats.kdump import DISK_DUMP_HEADER
+
+    info = analysis.vmcoreinfo.info
+    sym = info.symbol("init_uts_ns") if info else None
+    off = info.offset("uts_namespace.name") if info else None
+    if sym is None or off is None:
+        return None
+    uts_struct = next(sc for sc in DISK_DUMP_HEADER["big"].subcons if sc.name == "utsname")
+    try:
+        raw = analysis.kernel_memory.read(sym + off, uts_struct.sizeof())
+    except SadumpError as e:
+        warnings.append(f"init_uts_ns unreadable ({e}): kdump header utsname from OSRELEASE")
+        return None
+    uts = {k: v for k, v in uts_struct.parse(raw).items() if not k.startswith("_")}
+    if uts["sysname"] != "Linux" or (release and uts["release"] != release):
+        warnings.append(f"init_uts_ns holds sysname {uts['sysname']!r}, release "
+                        f"{uts['release']!r}: kdump header utsname from OSRELEASE")
+        return None
+    return uts
+
+
 def filter_segments(analysis: Analysis, segs: list[Segment], level: int, fallback: bool,
                     fmt: str) -> tuple[list[Segment], PageFilter]:
     """Apply a dump level: makedumpfile's bitmaps over the plan's memory; for ELF the memory
@@ -164,15 +196,14 @@ def filter_segments(analysis: Analysis, segs: list[Segment], level: int, fallbac
     return [s for s in segs if s.what != "memory"] + kept, pf
 
 
-def plan_dump(analysis: Analysis, path: str, fmt: str = "elf", kdump=None,
+def plan_dump(analysis: Analysis, path: str, fmt: str = "elf", options=None,
               dump_level: int = 0, fallback: bool = False) -> DumpPlan:
-    """Decide notes, segments and layout. path: "kdump" | "full"; fmt: "elf" | "s390" |
-    "kdump" (kdump: its kdump_writer.KdumpOptions, None for the defaults); dump_level:
-    makedumpfile's -d (0: every page), fallback: --dump-level-fallback."""
-    from sadump.formats import elf_writer, s390_writer
-
+    """Decide notes, segments and the format's layout. path: "kdump" | "full"; fmt: "elf" |
+    "s390" | "kdump"; options: the format's options (kdump: writers.kdump.KdumpOptions);
+    dump_level: makedumpfile's -d (0: every page), fallback: --dump-level-fallback."""
     if path not in ("kdump", "full"):
         raise ValueError(path)
+    fmt_writer = writer(fmt)  # an unknown format fails before any work
     if analysis.image.incomplete:
         # a vmcore has no way to say it is incomplete: refuse rather than write one that lies
         raise SadumpError(f"the image is incomplete ({analysis.image.incomplete})")
@@ -200,36 +231,24 @@ def plan_dump(analysis: Analysis, path: str, fmt: str = "elf", kdump=None,
         code, reason = d.reason_code, "full dump asked for (--mode full)"
     else:
         code, reason = d.reason_code, d.reason
-    plan = DumpPlan(analysis, path, fmt, code, reason, notes, segs, cpus, excluded,
+    facts_warnings: list[str] = []
+    facts = kernel_facts(analysis, facts_warnings) if fmt == "kdump" else \
+        KernelFacts(None, None, None)
+    plan = DumpPlan(analysis, path, fmt, code, reason, notes, segs, cpus, excluded, facts,
                     warnings=[*cpus.warnings, *warnings], page_filter=page_filter)
-    if fmt == "elf":
-        elf_writer.layout(plan)
-    elif fmt == "s390":
-        s390_writer.layout(plan)
-    elif fmt == "kdump":
-        from sadump.formats import kdump_writer
-
-        kdump_writer.layout(plan, kdump)
-    else:
-        raise SadumpError(f"unknown output format {fmt!r}: elf, s390 or kdump")
-    data = sum(s.size - known_zero_bytes(plan.memory, s.paddr, s.end) for s in plan.segments)
-    plan.known_zero = max(0, plan.size - len(plan.header) - plan.trailer - data)
+    plan.layout = fmt_writer.layout(plan, options)
+    plan.warnings.extend(facts_warnings)
+    plan.warnings.extend(plan.layout.warnings)
     return plan
 
 
 def write_dump(plan: DumpPlan, target: str, force: bool = False,
                progress: bool | None = None) -> WriteResult:
-    """Write the planned dump to target ("-" = stdout) safely (see sadump.writing)."""
-    from sadump.formats import elf_writer, s390_writer
-
-    writer = elf_writer.write if plan.format == "elf" else s390_writer.write
-    if plan.format == "kdump":
-        from sadump.formats import kdump_writer
-
-        writer = kdump_writer.write
-    label = f"{plan.path} dump"
-    return write_output(target, plan.size, plan.need, force, lambda sink: writer(plan, sink),
-                        progress, label)
+    """Write the planned dump to target ("-" = stdout) safely (see sadump.writers.sink)."""
+    fmt_writer, lay = writer(plan.format), plan.layout
+    return write_output(target, lay.size, lay.need, force,
+                        lambda sink: fmt_writer.write(plan, lay, sink), progress,
+                        f"{plan.path} dump")
 
 
 def summary_json(plan: DumpPlan, result: WriteResult) -> dict:
@@ -247,9 +266,9 @@ def summary_json(plan: DumpPlan, result: WriteResult) -> dict:
             "sparse": result.sparse,
             "seconds": round(result.seconds, 3),
             "segments": [{"paddr": s.paddr, "vaddr": s.vaddr, "size": s.size,
-                          "offset": s.offset, "what": s.what} for s in plan.segments],
+                          "offset": off, "what": s.what} for s, off in plan.layout.segments],
             "excluded": None if plan.excluded is None else list(plan.excluded),
-            **({"kdump": plan.kdump.summary()} if plan.kdump is not None else {}),
+            **plan.layout.summary(),
             "dump_level": None if plan.page_filter is None else plan.page_filter.summary(),
         },
         "cpus": {"count": len(plan.cpus.cpus), "source": plan.cpus.source},
@@ -261,6 +280,6 @@ def summary_json(plan: DumpPlan, result: WriteResult) -> dict:
 def summary_line(plan: DumpPlan, result: WriteResult) -> str:
     """The final line: bytes, rate, the path taken and why."""
     where = "stdout" if result.path == "-" else result.path
-    return (f"wrote {where}: {result.size} bytes ({result.size / (1 << 20):.1f} MiB, "
-            f"{result.data_bytes / (1 << 20):.1f} MiB of data) in {result.seconds:.1f} s, "
+    return (f"wrote {where}: {result.size} bytes ({result.size / MIB:.1f} MiB, "
+            f"{result.data_bytes / MIB:.1f} MiB of data) in {result.seconds:.1f} s, "
             f"{result.rate:.0f} MiB/s; {plan.path}: {plan.reason}")

@@ -11,15 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from sadump import writing
 from sadump.analysis import analyse
+from sadump.constants import PAGE_SIZE as PAGE
 from sadump.dump_plan import plan_dump, write_dump
 from sadump.errors import ImageError
 from sadump.formats.elf import ElfCore
 from sadump.formats.memory import file_extents
 from sadump.formats.raw import RawImage
 from sadump.formats.s390 import S390Dump
-from sadump.writing import BLOCK, PAGE, Sink, nonzero_runs, write_output
+from sadump.writers import sink as writing
+from sadump.writers.blocks import BLOCK, nonzero_runs
+from sadump.writers.sink import Sink, write_output
 from tests.fixtures.builder import ImageSpec, MiB, write_elf, write_raw, write_s390
 
 ZERO = bytes(PAGE)

@@ -17,9 +17,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("kernel", ("sadump.kernel",)),
     ("trigger", ("sadump.trigger",)),
     ("analysis", ("sadump.analysis",)),
-    ("plan+writers", ("sadump.dump_plan", "sadump.page_filter", "sadump.writers", "sadump.writing",
-                      "sadump.formats.elf_writer", "sadump.formats.s390_writer",
-                      "sadump.formats.kdump_writer")),
+    ("plan+writers", ("sadump.dump_plan", "sadump.page_filter", "sadump.writers")),
     ("cli+report", ("sadump.cli", "sadump.report", "sadump.crashinfo", "sadump.sample",
                     "sadump.backtrace_report", "sadump.__main__", "sadump")),
 ]

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sadump import writing
 from sadump.cli import Exit, app
-from sadump.writing import BLOCK, PAGE, OutputError, Sink, write_output
+from sadump.constants import PAGE_SIZE as PAGE
+from sadump.writers import sink as writing
+from sadump.writers.blocks import BLOCK
+from sadump.writers.sink import OutputError, Sink, write_output
 from tests.fixtures.builder import ImageSpec, MiB, write_elf, write_raw, write_s390
 
 runner = CliRunner()

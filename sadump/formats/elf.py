@@ -28,6 +28,7 @@ from construct import (
     Struct,
 )
 
+from sadump.constants import MAX_NOTE_BYTES, MAX_NOTES
 from sadump.errors import ImageError
 from sadump.formats.memory import Extent, FileImage, Note, file_extents
 
@@ -58,10 +59,8 @@ PRSTATUS_PID_OFFSET = 0x20  # elf_prstatus.pr_pid on every 64-bit Linux architec
 
 #: More program headers than this is taken as a corrupt header (PN_XNUM allows 2^32).
 MAX_PHNUM = 1 << 20
-#: Note segments are read whole; real ones are a few KiB (about 1.3 KiB per CPU). The cap
-#: holds for all note segments together, as does the note count (512 CPUs x 10 notes fit).
-MAX_NOTE_BYTES = 16 << 20
-MAX_NOTES = 1 << 16
+#: Note segments are read whole; real ones are a few KiB (about 1.3 KiB per CPU): the caps
+#: MAX_NOTE_BYTES and MAX_NOTES (sadump.constants) hold for all note segments together.
 #: Section headers looked at for the QEMU byte-order quirk; cores need none of them.
 MAX_SHDR_CHECK = 64
 _NO_PADDR = (1 << 64) - 1  # p_paddr all ones: "no physical address" (drgn, x86 kcore)

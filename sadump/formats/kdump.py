@@ -13,7 +13,6 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-import zlib
 from array import array
 from collections.abc import Iterator
 
@@ -32,9 +31,10 @@ from construct import (
     Struct,
 )
 
-from sadump.constants import MAX_VMCOREINFO
+from sadump.constants import MAX_NOTE_BYTES, MAX_VMCOREINFO
 from sadump.errors import AbsentMemoryError, ImageError
-from sadump.formats.elf import MAX_NOTE_BYTES, parse_notes
+from sadump.formats import codecs
+from sadump.formats.elf import parse_notes
 from sadump.formats.memory import Extent, FileImage, Note
 
 # ---- on-disk layouts (declared once; used to parse and to build) ---------------------------
@@ -229,63 +229,6 @@ def _detect_byteorder(head: bytes) -> str:
             return order
     bs = int.from_bytes(head[428:432], sane[0], signed=True)
     raise ImageError(f"kdump block_size {bs:#x} is not a power of two in [512, 64 KiB]")
-
-
-def _codec(name: str):
-    """Import a decompressor lazily: (callable(data, block_size) -> bytes) or None."""
-    if name == "lzo":
-        try:
-            import lzo  # type: ignore[import-not-found]
-        except ImportError:
-            return None
-        return lambda data, bs: lzo.decompress(data, False, bs)
-    if name == "snappy":
-        try:
-            import snappy  # type: ignore[import-not-found]
-
-            if hasattr(snappy, "uncompress"):
-                return lambda data, bs: snappy.uncompress(data)
-        except ImportError:
-            pass
-        try:
-            import cramjam
-        except ImportError:
-            return None
-        return lambda data, bs: bytes(cramjam.snappy.decompress_raw(data))
-    if name == "zstd":
-        try:
-            import zstandard
-        except ImportError:
-            return None
-        dctx = zstandard.ZstdDecompressor()
-
-        def unzstd(data: bytes, bs: int) -> bytes:
-            declared = zstandard.frame_content_size(data)
-            if declared not in (-1, bs):
-                raise ValueError(f"zstd frame holds {declared} bytes")
-            return dctx.decompress(data, max_output_size=bs)
-
-        return unzstd
-    raise AssertionError(name)
-
-
-_CODEC_PACKAGES = {"lzo": "python-lzo", "snappy": "python-snappy or cramjam", "zstd": "zstandard"}
-_CODEC_FLAGS = (
-    (DUMP_DH_COMPRESSED_ZLIB, "zlib"),
-    (DUMP_DH_COMPRESSED_LZO, "lzo"),
-    (DUMP_DH_COMPRESSED_SNAPPY, "snappy"),
-    (DUMP_DH_COMPRESSED_ZSTD, "zstd"),
-)
-
-
-def _snappy_length(data: bytes) -> int:
-    """The uncompressed length varint that starts a raw snappy block (-1 if malformed)."""
-    value = 0
-    for i, b in enumerate(data[:5]):
-        value |= (b & 0x7F) << (7 * i)
-        if not b & 0x80:
-            return value
-    return -1
 
 
 # ---- the shared reader ---------------------------------------------------------------------
@@ -541,20 +484,11 @@ class _KdumpBase(FileImage):
             raise self._fail(f"page data of pfn {pfn:#x} cut short")
         if flags == 0:
             return data
-        for bit, name in _CODEC_FLAGS:
-            if flags & bit:
-                break
-        else:
+        name = codecs.flag_name(flags)
+        if name is None:
             raise self._fail(f"pfn {pfn:#x}: unknown compression flags {flags:#x}")
         try:
-            if name == "zlib":
-                d = zlib.decompressobj()
-                page = d.decompress(data, bs + 1)
-            else:
-                fn = self._load_codec(name)
-                if name == "snappy" and _snappy_length(data) != bs:
-                    raise ValueError(f"snappy block holds {_snappy_length(data)} bytes")
-                page = fn(data, bs)
+            page = self._load_codec(name).decode(data, bs)
         except ImageError:
             raise
         except Exception as e:  # noqa: BLE001 - every codec has its own error class
@@ -565,15 +499,15 @@ class _KdumpBase(FileImage):
             )
         return page
 
-    def _load_codec(self, name: str):
-        fn = self._codec_cache.get(name) or _codec(name)
-        if fn is None:
-            raise self._fail(
-                f"the file has {name}-compressed pages: install "
-                f"{_CODEC_PACKAGES[name]} to read them"
-            )
-        self._codec_cache[name] = fn
-        return fn
+    def _load_codec(self, name: str) -> codecs.Codec:
+        codec = self._codec_cache.get(name)
+        if codec is None:
+            try:
+                codec = codecs.get(name)
+            except codecs.CodecUnavailable as e:
+                raise self._fail(f"the file has {name}-compressed pages: {e}") from None
+            self._codec_cache[name] = codec
+        return codec
 
     def _page(self, pfn: int, desc: tuple | None = None) -> bytes:
         if self._page_cache[0] == pfn:

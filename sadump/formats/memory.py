@@ -74,6 +74,32 @@ def file_extents(fd: int, paddr: int, size: int, file_offset: int) -> Iterator[E
         pos = hole
 
 
+def pread_exact(fd: int, size: int, offset: int) -> bytes:
+    """Exactly size bytes of fd at offset (os.pread may return fewer); a file that ends
+    early (or shrank meanwhile) is an ImageError. The one such helper of sadump."""
+    data = os.pread(fd, size, offset)
+    if len(data) == size:
+        return data
+    parts, got = [data], len(data)
+    while got < size:
+        more = os.pread(fd, size - got, offset + got)
+        if not more:
+            raise ImageError(f"file ends at {offset + got:#x}, before the data it should hold")
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def preadinto_exact(fd: int, buf, offset: int) -> None:
+    """Fill buf (a writable buffer) from fd at offset, as pread_exact without a new object."""
+    view, got = memoryview(buf), 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if not n:
+            raise ImageError(f"file ends at {offset + got:#x}, before the data it should hold")
+        got += n
+
+
 class PhysicalMemory(ABC):
     """Physical memory of one system, as read from an image file."""
 
@@ -185,15 +211,7 @@ class FileImage(PhysicalMemory):
 
     def _read_file(self, offset: int, size: int) -> bytes:
         """Exactly size bytes at offset; a file that ends early (or shrank) is an ImageError."""
-        parts = []
-        while size > 0:
-            chunk = os.pread(self._fd, size, offset)
-            if not chunk:
-                raise ImageError(f"file ends at {offset:#x}, before the data it should hold")
-            parts.append(chunk)
-            offset += len(chunk)
-            size -= len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return pread_exact(self._fd, size, offset)
 
     def close(self) -> None:
         if self._fd >= 0:

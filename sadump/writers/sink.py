@@ -1,17 +1,15 @@
-"""Safe output for dumps: a temporary file in the target folder renamed at the end (or
-stdout), sparse holes for all-zero pages, a free-space check first, a progress bar on a
+"""The output sink of every writer: a temporary file in the target folder renamed at the end
+(or stdout), sparse holes for all-zero pages, a free-space check first, a progress bar on a
 terminal, and on any failure no file under the final name and one line saying so.
 
-Memory is copied in blocks of 1 MiB: never the whole image or output in memory. The hot
-path has no per-page Python: a block is tested for all-zero in one comparison, zero pages
-inside other blocks are found with bytes.find, and plain file bytes (Extent kind "file")
-are copied by the kernel (copy_file_range) instead of through Python.
+Writers hand it blocks of at most 1 MiB (sadump.writers.blocks): never the whole image or
+output in memory. Zero pages inside a block become holes (blocks.nonzero_runs); plain file
+bytes can also be copied by the kernel (copy_file) instead of through Python.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import signal
 import sys
@@ -20,48 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sadump.constants import MIB, PAGE_SIZE, mib
 from sadump.errors import ImageError, SadumpError
-from sadump.formats.memory import PhysicalMemory
+from sadump.formats.memory import pread_exact
+from sadump.writers.blocks import BLOCK, ZERO_BLOCK, memory_blocks, nonzero_runs
 
-BLOCK = 1 << 20
-PAGE = 4096
-ZERO_BLOCK = bytes(BLOCK)
-ZERO_PAGE = bytes(PAGE)
 #: room left free on top of what the dump needs (metadata of a large sparse file)
 FREE_SPACE_MARGIN = 1 << 20
 #: copy_file_range errors that mean "not here" (old kernel, other file systems): write instead
 NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
-
-
-def nonzero_runs(buf) -> list[tuple[int, int]]:
-    """[start, end) runs of buf to write: all of it but its whole zero pages (4 KiB apart
-    from the start of buf; a short tail counts as a page). An all-zero 1 MiB block is one
-    comparison; elsewhere zero pages are found with bytes.find (C speed over data) and only
-    the pages of a zero stretch are compared one by one."""
-    if not isinstance(buf, (bytes, bytearray)):
-        buf = bytes(buf)
-    n = len(buf)
-    if buf == ZERO_BLOCK[:n]:
-        return []
-    runs = []
-    start = at = 0  # start of the current run; where to look for the next zero page
-    while (z := buf.find(ZERO_PAGE, at)) >= 0:
-        a = -(-z // PAGE) * PAGE  # no page before a is all zero (find saw none)
-        if a + PAGE > n or buf[a:a + PAGE] != ZERO_PAGE:
-            at = a + PAGE  # the zero stretch at z ends inside page a
-            if at >= n:
-                break
-            continue
-        e = a + PAGE
-        while e + PAGE <= n and buf[e:e + PAGE] == ZERO_PAGE:
-            e += PAGE
-        if a > start:
-            runs.append((start, a))
-        start = at = e
-    end = n - n % PAGE if n % PAGE and buf[n - n % PAGE:] == ZERO_PAGE[:n % PAGE] else n
-    if end > start:  # what is left, less a short all-zero tail
-        runs.append((start, end))
-    return runs
 
 
 class OutputError(SadumpError):
@@ -83,7 +48,7 @@ class WriteResult:
     @property
     def rate(self) -> float:
         """MiB/s over the output's length."""
-        return self.size / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
+        return self.size / MIB / self.seconds if self.seconds > 0 else 0.0
 
 
 class Sink:
@@ -131,8 +96,8 @@ class Sink:
         free = st.f_bavail * st.f_frsize
         if free < need + FREE_SPACE_MARGIN:
             raise OutputError(
-                f"not enough room in {folder}: the dump needs {_mib(need + FREE_SPACE_MARGIN)}"
-                f" (its bytes that are not known to be zero), {_mib(free)} free: nothing written")
+                f"not enough room in {folder}: the dump needs {mib(need + FREE_SPACE_MARGIN)}"
+                f" (its bytes that are not known to be zero), {mib(free)} free: nothing written")
         self.path = path
         self.tmp = os.path.join(folder, f".{name}.sadump-tmp-{os.getpid()}")
         try:
@@ -190,12 +155,15 @@ class Sink:
         while self.pos < offset:
             self._send(ZERO_BLOCK[: min(BLOCK, offset - self.pos)])
 
-    def data(self, offset: int, buf: bytes) -> None:
-        """buf at offset; in a file, all-zero pages become holes (decided per MiB first)."""
+    def data(self, offset: int, buf: bytes, holes: bool = True) -> None:
+        """buf at offset; in a file, all-zero pages become holes (decided per MiB first)
+        unless holes=False (the writer knows buf has no zero page: no need to look)."""
         n = len(buf)
         if self.stream is not None:
             self._fill_to(offset)
             self._send(buf)
+        elif not holes:
+            self._pwrite(offset, buf)
         else:
             view = memoryview(buf)
             for a, b in nonzero_runs(buf):
@@ -208,9 +176,9 @@ class Sink:
         pos = 0
         while pos < n:
             k = min(BLOCK - (offset + pos) % BLOCK, n - pos)
-            if (offset + pos) % PAGE:  # a partial first page alone: then pages line up
-                k = min(PAGE - (offset + pos) % PAGE, n - pos)
-            buf = _pread_exact(fd, k, src + pos)
+            if (offset + pos) % PAGE_SIZE:  # a partial first page alone: then pages line up
+                k = min(PAGE_SIZE - (offset + pos) % PAGE_SIZE, n - pos)
+            buf = pread_exact(fd, k, src + pos)
             if self.stream is not None:
                 self.data(offset + pos, buf)
             else:
@@ -316,10 +284,6 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
 def write_output(target: str, size: int, need: int, force: bool,
                  write: Callable[[Sink], None], progress: bool | None = None,
                  label: str = "dump") -> WriteResult:
@@ -357,71 +321,16 @@ def _on_sigterm(handler):
     return signal.signal(signal.SIGTERM, handler)
 
 
-# ---- copying memory ---------------------------------------------------------------------------
-def _pread_exact(fd: int, n: int, offset: int) -> bytes:
-    data = os.pread(fd, n, offset)
-    if len(data) == n:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < n:
-        more = os.pread(fd, n - got, offset + got)
-        if not more:
-            raise ImageError(f"the image file ends at byte {offset + got:#x}, before the "
-                             "memory its header describes")
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
-def _cuts(start: int, stop: int, patches: list[tuple[int, bytes]]):
-    """Split [start, stop) at patch edges: (a, b, patches overlapping [a, b))."""
-    points = {start, stop}
-    for pa, pd in patches:
-        for p in (pa, pa + len(pd)):
-            if start < p < stop:
-                points.add(p)
-    edges = sorted(points)
-    for a, b in itertools.pairwise(edges):
-        yield a, b, [(pa, pd) for pa, pd in patches if pa < b and pa + len(pd) > a]
-
-
-def copy_memory(mem: PhysicalMemory, start: int, end: int, sink: Sink, offset: int,
-                patches: list[tuple[int, bytes]] = ()) -> None:
-    """Copy present memory [start, end) to the sink at `offset`, in blocks of up to 1 MiB
-    aligned to MiB boundaries of the address; `patches` (paddr, bytes) replace memory."""
-    patches = [p for p in patches if p[0] < end and p[0] + len(p[1]) > start]
-    for ext in mem.extents(start, end):
-        lo, hi = max(ext.paddr, start), min(ext.paddr + ext.size, end)
-        for a, b, over in _cuts(lo, hi, patches):
-            if ext.kind == "zero" and not over:
-                sink.zeros(offset + a - start, b - a)
-                continue
-            if ext.kind == "file" and not over:
-                sink.copy_file(offset + a - start, ext.fileno, ext.file_offset + a - ext.paddr,
-                               b - a)
-                continue
-            pos = a
-            while pos < b:
-                n = min(BLOCK - pos % BLOCK, b - pos)
-                if ext.kind == "zero":
-                    buf = bytes(n)
-                elif ext.kind == "file":
-                    buf = _pread_exact(ext.fileno, n, ext.file_offset + pos - ext.paddr)
-                else:
-                    buf = mem.read(pos, n)
-                if over:
-                    buf = bytearray(buf)
-                    for pa, pd in over:
-                        lo2, hi2 = max(pa, pos), min(pa + len(pd), pos + n)
-                        if lo2 < hi2:
-                            buf[lo2 - pos:hi2 - pos] = pd[lo2 - pa:hi2 - pa]
-                    buf = bytes(buf)
-                sink.data(offset + pos - start, buf)
-                pos += n
-
-
-def known_zero_bytes(mem: PhysicalMemory, start: int, end: int) -> int:
-    """Bytes of [start, end) the reader already knows are zero (holes, excluded pages)."""
-    return sum(min(e.paddr + e.size, end) - max(e.paddr, start)
-               for e in mem.extents(start, end) if e.kind == "zero")
+def write_memory(sink: Sink, mem, start: int, end: int, offset: int,
+                 patches: list[tuple[int, bytes]] = ()) -> None:
+    """Memory [start, end) to the sink at `offset` (ELF and s390 data): holes for known
+    zeros, plain file bytes copied by the kernel, the rest written from the block read;
+    `patches` (paddr, bytes) replace memory."""
+    for blk in memory_blocks(mem, start, end, patches, files=True):
+        at = offset + blk.paddr - start
+        if blk.kind == "zero":
+            sink.zeros(at, blk.size)
+        elif blk.kind == "file":
+            sink.copy_file(at, blk.fileno, blk.file_offset, blk.size)
+        else:
+            sink.data(at, blk.data)

@@ -10,6 +10,7 @@ dfo_s390 does, so that the registers survive in a format that has no notes.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 from sadump.formats.s390 import EM_SIZE, HDR_SIZE, build_end_marker, build_header, unix_to_tod
 from sadump.ipl.lowcore import (
@@ -19,15 +20,22 @@ from sadump.ipl.lowcore import (
     SAVE_AREA_SIZE,
     VX_SAVE_AREA_SIZE,
 )
-from sadump.writing import Sink, copy_memory
+from sadump.writers import Layout, need_bytes
+from sadump.writers.sink import Sink, write_memory
 
 
-def _patches(plan) -> list[tuple[int, bytes]]:
+@dataclass
+class S390Layout(Layout):
+    mem_size: int = 0  # memory [0, mem_size) follows the header
+    patches: list[tuple[int, bytes]] = field(default_factory=list)  # lowcore save areas
+
+
+def _patches(plan, segments, warnings: list[str]) -> list[tuple[int, bytes]]:
     """(paddr, bytes) for each CPU's save area and vector area, when state came from notes."""
     if plan.cpus.source != "notes":
         return []  # save areas are already in memory, as they are
     mem, out = plan.memory, []
-    present = [(s.paddr, s.end) for s in plan.segments]
+    present = [(s.paddr, s.end) for s in segments]
 
     def inside(addr: int, n: int) -> bool:
         return any(s <= addr and addr + n <= e for s, e in present)
@@ -35,8 +43,8 @@ def _patches(plan) -> list[tuple[int, bytes]]:
     for cpu in plan.cpus.cpus:
         at = cpu.prefix + SAVE_AREA_OFFSET
         if not inside(at, SAVE_AREA_SIZE):
-            plan.warnings.append(f"CPU lowcore {cpu.prefix:#x} is outside the dumped memory: "
-                                 "its registers are only in the header's prefix list")
+            warnings.append(f"CPU lowcore {cpu.prefix:#x} is outside the dumped memory: "
+                            "its registers are only in the header's prefix list")
             continue
         out.append((at, cpu.save_area(mem.read(at, SAVE_AREA_SIZE))))
         if cpu.vxrs is None:
@@ -46,33 +54,31 @@ def _patches(plan) -> list[tuple[int, bytes]]:
         if vx and inside(vx, VX_SAVE_AREA_SIZE):
             out.append((vx, cpu.vx_area()))
         else:
-            plan.warnings.append(f"CPU {cpu.prefix:#x}: no vector save area in its lowcore "
-                                 "(0x11B0): its vector registers are not in the s390 dump")
+            warnings.append(f"CPU {cpu.prefix:#x}: no vector save area in its lowcore "
+                            "(0x11B0): its vector registers are not in the s390 dump")
     return sorted(out)
 
 
-def layout(plan) -> None:
+def layout(plan, options=None) -> S390Layout:
     """Memory segments only (no kernel-image PT_LOAD: the format is physical memory)."""
-    plan.segments = [s for s in plan.segments if s.what == "memory"]
-    mem_size = max(s.end for s in plan.segments)
-    for seg in plan.segments:
-        seg.offset = HDR_SIZE + seg.paddr
-    plan.patches = _patches(plan)
-    prefixes = [c.prefix for c in plan.cpus.cpus]
-    plan.header = build_header(mem_size, 0, prefixes)  # TOD filled in when writing
-    plan.trailer = EM_SIZE
-    plan.size = HDR_SIZE + mem_size + EM_SIZE
+    segments = [s for s in plan.segments if s.what == "memory"]
+    mem_size = max(s.end for s in segments)
+    warnings: list[str] = []
+    patches = _patches(plan, segments, warnings)
+    size = HDR_SIZE + mem_size + EM_SIZE
+    return S390Layout(size, need_bytes(plan, segments, size, HDR_SIZE + EM_SIZE),
+                      [(s, HDR_SIZE + s.paddr) for s in segments], warnings,
+                      mem_size=mem_size, patches=patches)
 
 
-def write(plan, sink: Sink) -> None:
-    mem_size = plan.size - HDR_SIZE - EM_SIZE
+def write(plan, lay: S390Layout, sink: Sink) -> None:
     tod = unix_to_tod(time.time())
     prefixes = [c.prefix for c in plan.cpus.cpus]
-    sink.data(0, build_header(mem_size, tod, prefixes))
+    sink.data(0, build_header(lay.mem_size, tod, prefixes))
     pos = 0
-    for seg in sorted(plan.segments, key=lambda s: s.paddr):
+    for seg, off in sorted(lay.segments, key=lambda p: p[0].paddr):
         if seg.paddr > pos:
             sink.zeros(HDR_SIZE + pos, seg.paddr - pos)
-        copy_memory(plan.memory, seg.paddr, seg.end, sink, seg.offset, plan.patches)
+        write_memory(sink, plan.memory, seg.paddr, seg.end, off, lay.patches)
         pos = seg.end
-    sink.data(HDR_SIZE + mem_size, build_end_marker(max(tod, unix_to_tod(time.time()))))
+    sink.data(HDR_SIZE + lay.mem_size, build_end_marker(max(tod, unix_to_tod(time.time()))))
