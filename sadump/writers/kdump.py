@@ -23,7 +23,7 @@ import zlib
 from array import array
 from dataclasses import dataclass
 
-from sadump.constants import MAX_PHYS_ADDR, PAGE_SIZE
+from sadump.constants import MAX_PHYS_ADDR, MIB, PAGE_SIZE
 from sadump.errors import SadumpError
 from sadump.formats import codecs
 from sadump.formats.codecs import CodecUnavailable
@@ -39,6 +39,7 @@ from sadump.formats.kdump import (
     build_flat_header,
     build_kdump_sub_header,
 )
+from sadump.page_filter import bit_runs
 from sadump.writers import Layout, need_bytes, verify
 from sadump.writers.bitmap import bitmap_chunks, page_runs
 from sadump.writers.blocks import (
@@ -99,7 +100,12 @@ class KdumpLayout(Layout):
     flatten: bool = False
     verify: str = "memory"
     runs: list = None  # dumped pfn runs [start, end), sorted, disjoint
-    pages: int = 0  # dumped pfns (set bits of each bitmap)
+    pages: int = 0  # dumped pfns (set bits of the 2nd bitmap)
+    dump_level: int = DUMP_LEVEL
+    #: a dump level's (1st, 2nd) packed bitmaps; None: both are `runs`
+    bitmaps: tuple | None = None
+    #: the memory whose pages are written: the plan's segments, or the 2nd bitmap's runs
+    read_segments: list = None
     max_mapnr: int = 0
     bitmap_len: int = 0  # bytes of ONE bitmap (a whole number of blocks)
     sub_block: bytes = b""  # sub header + notes, padded to whole blocks
@@ -125,7 +131,7 @@ class KdumpLayout(Layout):
     def summary(self) -> dict:
         return {"kdump": {
             "compress": self.codec, "jobs": self.jobs, "flattened": self.flatten,
-            "dump_level": DUMP_LEVEL, "max_mapnr": self.max_mapnr, "pages": self.pages,
+            "dump_level": self.dump_level, "max_mapnr": self.max_mapnr, "pages": self.pages,
             "zero_pages": self.zero_pages, "raw_pages": self.raw_pages,
             "compressed_pages": self.compressed_pages, "verified": self.verified}}
 
@@ -149,8 +155,16 @@ def layout(plan, options: KdumpOptions | None = None) -> KdumpLayout:
     if runs[-1][1] * PAGE > MAX_PHYS_ADDR:
         raise SadumpError(f"memory reaches {runs[-1][1] * PAGE:#x}, past the 2^46 bytes of "
                           "s390x physical memory a kdump bitmap covers")
+    max_mapnr, level, bitmaps, read = runs[-1][1], DUMP_LEVEL, None, segments
+    pf = plan.page_filter
+    if pf is not None:  # a dump level: makedumpfile's bitmaps; the 2nd one says what is read
+        runs = [(s, e) for starts, ends in bit_runs(pf.bitmap2, pf.max_mapnr)
+                for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        if not runs:
+            raise SadumpError(f"dump level {pf.level} leaves no page to dump")
+        max_mapnr, level, bitmaps = pf.max_mapnr, pf.level, (pf.bitmap1, pf.bitmap2)
+        read = [_Pages(s * PAGE, (e - s) * PAGE) for s, e in runs]
     pages = sum(b - a for a, b in runs)
-    max_mapnr = runs[-1][1]
     bitmap_bytes = (max_mapnr + 7) // 8
     bitmap_len = (bitmap_bytes + PAGE - 1) // PAGE * PAGE
 
@@ -165,7 +179,7 @@ def layout(plan, options: KdumpOptions | None = None) -> KdumpLayout:
             vmci_size = len(note.desc)
     sub_hdr_size = -(-(SUB_HEADER_SIZE + len(notes)) // PAGE)
     sub = build_kdump_sub_header(
-        "big", phys_base=0, dump_level=DUMP_LEVEL, offset_vmcoreinfo=vmci_off,
+        "big", phys_base=0, dump_level=level, offset_vmcoreinfo=vmci_off,
         size_vmcoreinfo=vmci_size, offset_note=PAGE + SUB_HEADER_SIZE if notes else 0,
         size_note=len(notes), max_mapnr_64=max_mapnr)
     sub_block = (sub + notes).ljust(sub_hdr_size * PAGE, b"\0")
@@ -196,11 +210,37 @@ def layout(plan, options: KdumpOptions | None = None) -> KdumpLayout:
         records = 8 + 2 * (-(-bitmap_len // (1 << 20))) + 4 * (windows + len(runs))
         fixed += PAGE + 16 * records
     size = fixed + pages * PAGE
-    return KdumpLayout(size, need_bytes(plan, segments, size, fixed), [(s, 0) for s in segments],
+    return KdumpLayout(size, need_bytes(plan, read, size, fixed), [(s, 0) for s in segments],
                        warnings, codec=codec, jobs=jobs, flatten=opts.flatten,
                        verify=_verify_mode(opts), runs=runs, pages=pages, max_mapnr=max_mapnr,
                        bitmap_len=bitmap_len, sub_block=sub_block, header_fields=fields,
-                       desc_off=desc_off, data_start=data_start)
+                       desc_off=desc_off, data_start=data_start, dump_level=level,
+                       bitmaps=bitmaps, read_segments=read)
+
+
+@dataclass(frozen=True)
+class _Pages:
+    """A run of dumped pages, read like a plan segment."""
+
+    paddr: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.paddr + self.size
+
+
+def _bitmaps(lay: KdumpLayout):
+    """(byte offset, 1st bitmap bytes, 2nd bitmap bytes) chunks, `bitmap_len` bytes each."""
+    if lay.bitmaps is None:
+        for off, chunk in bitmap_chunks(lay.runs, lay.bitmap_len):
+            yield off, chunk, chunk  # no dump level: dumped == present
+        return
+    first, second = lay.bitmaps
+    for off in range(0, lay.bitmap_len, MIB):
+        n = min(MIB, lay.bitmap_len - off)
+        yield (off, first[off:off + n].tobytes().ljust(n, b"\0"),
+               second[off:off + n].tobytes().ljust(n, b"\0"))
 
 
 # ---- compressing a block (in a worker thread) -----------------------------------------------
@@ -333,9 +373,9 @@ def write(plan, lay: KdumpLayout, sink) -> None:
         out.put(0, lay.header())
         out.put(PAGE, lay.sub_block)
         first = PAGE + len(lay.sub_block)
-        for off, chunk in bitmap_chunks(lay.runs, lay.bitmap_len):
-            out.put(first + off, chunk)
-            out.put(first + lay.bitmap_len + off, chunk)  # level 1: dumped == present
+        for off, present, dumped in _bitmaps(lay):
+            out.put(first + off, present)
+            out.put(first + lay.bitmap_len + off, dumped)
         out.reserve(lay.size)
         out.put(lay.data_start, ZERO_PAGE)
         codec = codecs.get(lay.codec)
@@ -399,7 +439,7 @@ def _write_pages(plan, lay: KdumpLayout, out, sink, codec, back) -> None:
         data_pos += len(packed.payload)
 
     try:
-        for pfn0, n, data in _page_blocks(plan.memory, [s for s, _ in lay.segments], lazy=True):
+        for pfn0, n, data in _page_blocks(plan.memory, lay.read_segments, lazy=True):
             if data is None:
                 crc = verify.zero_crc(n) if mode == "file" else 0
                 packing.put((pfn0, n), Packed(crc, None, None))
