@@ -29,6 +29,7 @@ def run(*args):
     ("rimg-kdump.proc-vmcore.elf", ["/proc/vmcore", CRASH,
                                     "crashkernel [0x38000000, 0x40000000) left out"]),
     ("rimg-kdump.makedumpfile-c-d31.kdump", ["kdump-compressed", "dump level 31", CRASH]),
+    ("rimg-kdump.makedumpfile-l-d31.kdump", ["kdump-compressed", "dump level 31", CRASH]),
 ])
 def test_a_kernel_dump_is_already_dumped(real_file, name, words):
     status, report = inspect(real_file(name))
