@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
+from sadump.constants import FULL, KDUMP
 from sadump.errors import SadumpError
-from sadump.trigger.decision import FULL, KDUMP
 
 
 class Exit(IntEnum):

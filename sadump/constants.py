@@ -12,6 +12,10 @@ GIB = 1 << 30
 MAX_PHYSMEM_BITS = 46
 MAX_PHYS_ADDR = 1 << MAX_PHYSMEM_BITS
 
+#: Decision.path values: a trigger would start kdump, fall back to a full dump, or the input is
+#: already a dump taken after the crash
+KDUMP, FULL, DUMPED = "kdump", "full", "dumped"
+
 #: a VMCOREINFO text is a few KiB (the kernel's buffer is one page); more is damage
 MAX_VMCOREINFO = 64 * KIB
 

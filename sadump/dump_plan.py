@@ -10,6 +10,7 @@ through `analysis.memory`, so an image taken after the hand-off shows the crashe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from construct import Bytes, Default, Int8sb, Int8ub, Int32ub, Int64ub, Padding, Struct
 
@@ -19,8 +20,6 @@ from sadump.errors import SadumpError
 from sadump.formats.elf import NT_PRPSINFO
 from sadump.formats.memory import Note, PhysicalMemory
 from sadump.kernel.cpus import CpuFinding, cpu_notes
-from sadump.kernel.mem_section import pfn_ranges
-from sadump.page_filter import PageFilter, kept_runs, plan_page_filter
 from sadump.trigger.decision import DUMPED
 from sadump.writers import Layout, writer
 from sadump.writers.sink import WriteResult, write_output
@@ -60,6 +59,10 @@ class Segment:
     @property
     def end(self) -> int:
         return self.paddr + self.size
+
+
+if TYPE_CHECKING:  # numpy is imported only when a dump level asks for it
+    from sadump.page_filter import PageFilter
 
 
 @dataclass
@@ -185,6 +188,9 @@ def filter_segments(analysis: Analysis, segs: list[Segment], level: int, fallbac
                     fmt: str) -> tuple[list[Segment], PageFilter]:
     """Apply a dump level: makedumpfile's bitmaps over the plan's memory; for ELF the memory
     segments become the runs that the 2nd bitmap keeps (zero pages left out too)."""
+    from sadump.kernel.mem_section import pfn_ranges
+    from sadump.page_filter import kept_runs, plan_page_filter
+
     memory = [s for s in segs if s.what == "memory"]
     present = pfn_ranges([(s.paddr, s.end) for s in memory])
     pf = plan_page_filter(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,

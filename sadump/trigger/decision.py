@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sadump.constants import DUMPED, FULL, KDUMP  # noqa: F401 - the decision's paths
 from sadump.formats.memory import PhysicalMemory
 from sadump.ipl.kernel_image import KernelImage
 from sadump.meminfo_reader import OsInfo
@@ -19,8 +20,6 @@ NO_KDUMP_KERNEL = 0x4610
 KDUMP_KERNEL_DAMAGED = 0x4611
 KDUMP_OK = 0
 
-#: decision.path values: start kdump, fall back to a full dump, or the input is already a dump
-KDUMP, FULL, DUMPED = "kdump", "full", "dumped"
 
 REASONS = {
     0x4520: "os_info missing",

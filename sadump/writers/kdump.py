@@ -39,7 +39,6 @@ from sadump.formats.kdump import (
     build_flat_header,
     build_kdump_sub_header,
 )
-from sadump.page_filter import bit_runs
 from sadump.writers import Layout, need_bytes, verify
 from sadump.writers.bitmap import bitmap_chunks, page_runs
 from sadump.writers.blocks import (
@@ -158,6 +157,8 @@ def layout(plan, options: KdumpOptions | None = None) -> KdumpLayout:
     max_mapnr, level, bitmaps, read = runs[-1][1], DUMP_LEVEL, None, segments
     pf = plan.page_filter
     if pf is not None:  # a dump level: makedumpfile's bitmaps; the 2nd one says what is read
+        from sadump.page_filter import bit_runs
+
         runs = [(s, e) for starts, ends in bit_runs(pf.bitmap2, pf.max_mapnr)
                 for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
         if not runs:
