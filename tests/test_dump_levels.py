@@ -215,3 +215,35 @@ def test_drgn_opens_a_filtered_dump(real_file, tmp_path):
         records = get_printk_records(prog)
         assert [(r.text.decode(), r.timestamp) for r in records] == \
             [(r["text"], r["ts_nsec"]) for r in ours], fmt
+
+
+def test_every_input_format_filters_alike(real_file, tmp_path):
+    """The same moment as QEMU's flattened kdump file and as sadump's own s390 dump of the raw
+    image: -d 31 on the kdump path gives the reference bitmaps from each."""
+    s390 = tmp_path / "full.s390"
+    res = run("dump", real_file("rimg-kdump.raw"), "--mode", "full", "--format", "s390", "-o",
+              s390)
+    assert res.exit_code == Exit.OK, res.stderr
+    theirs = kdump_parts(real_file("filter/rimg-kdump.d31.bitmaps"))
+    for src in (real_file("rimg-kdump.qemu-kdump-zlib.flat"), real_file("rimg-kdump.qemu.elf"),
+                s390):
+        out = tmp_path / f"{src.name}.d31"
+        res = run("dump", src, "-d", "31", "--format", "kdump", "-o", out)
+        assert res.exit_code == Exit.OK, (src, res.stderr)
+        ours = kdump_parts(out)
+        assert ours["bitmap1"] == theirs["bitmap1"] and ours["bitmap2"] == theirs["bitmap2"], src
+
+
+def test_full_path_keeps_the_crashkernel_in_the_first_bitmap(real_file, tmp_path):
+    out = tmp_path / "full-d31.kdump"
+    res = run("dump", real_file("rimg-kdump.raw"), "--mode", "full", "-d", "31", "--format",
+              "kdump", "-o", out, "--json")
+    assert res.exit_code == Exit.OK, res.stderr
+    parts = kdump_parts(out)
+    assert parts["max_mapnr"] == 0x40000  # 1 GiB: the crashkernel's sections have a mem_map
+    first = np.unpackbits(np.frombuffer(parts["bitmap1"], np.uint8), bitorder="little")
+    assert first[:0x40000].all()
+    second = np.unpackbits(np.frombuffer(parts["bitmap2"], np.uint8), bitorder="little")
+    ref = np.unpackbits(np.frombuffer(kdump_parts(real_file(
+        "filter/rimg-kdump.d31.bitmaps"))["bitmap2"], np.uint8), bitorder="little")
+    assert np.array_equal(second[:0x38000], ref[:0x38000])  # the same pages below it
