@@ -34,6 +34,8 @@ MAX_TOKEN_TABLE = 64 << 10
 MODULES_LEN = 1 << 31  # 6.10+: modules in [MODULES_END - 2 GiB, MODULES_END)
 MIB = 1 << 20
 
+_TYPES = re.compile(r"[A-Za-z]*")  # nm type characters
+_TYPES_BAD = re.compile(r"[^A-Za-z]")
 _REQUIRED = ("kallsyms_names", "kallsyms_num_syms", "kallsyms_token_table",
              "kallsyms_token_index")
 
@@ -308,6 +310,10 @@ def decode(info: VmcoreInfo | None, kmem) -> Kallsyms:
     if any(a > b for a, b in itertools.pairwise(addresses)):
         raise KallsymsError("kallsyms addresses are not sorted")
     types = "".join(r[:1].decode("latin-1") or "?" for r in records)
+    if not _TYPES.fullmatch(types):
+        bad = _TYPES_BAD.search(types).start()
+        raise KallsymsError(f"kallsyms record {bad} has no nm type letter: the names table "
+                            "does not decode (one- or two-byte lengths?)")
     names = [r[1:].decode("latin-1") for r in records]
     syms = Kallsyms(addresses, types, names, encoding)
     syms.module_range = module_range(info, kmem, syms)

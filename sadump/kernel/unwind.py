@@ -319,11 +319,11 @@ def _save_area_registers(memory, lowcore: int) -> Registers | None:
     return None
 
 
-def _lowcore_fields(memory, lowcore: int) -> bytes | None:
+def _lowcore_fields(memory, lowcore: int) -> tuple[bytes | None, str | None]:
     try:
-        return memory.read(lowcore + LC_FIELDS_START, LC_FIELDS_END - LC_FIELDS_START)
-    except SadumpError:
-        return None
+        return memory.read(lowcore + LC_FIELDS_START, LC_FIELDS_END - LC_FIELDS_START), None
+    except SadumpError as e:
+        return None, f"lowcore at {lowcore:#x} is not readable: {e}"
 
 
 def _u64(raw: bytes, offset: int) -> int:
@@ -334,10 +334,8 @@ def _u64(raw: bytes, offset: int) -> int:
 def trace_cpu(analysis, cpu: int, lowcore: int, regs: Registers | None, source: str | None,
               syms, size: int) -> CpuTrace:
     t = CpuTrace(cpu, lowcore, regs=regs, regs_source=source)
-    raw = _lowcore_fields(analysis.memory, lowcore)
-    if raw is None:
-        t.problem = f"lowcore at {lowcore:#x} is not in the image"
-    else:
+    raw, t.problem = _lowcore_fields(analysis.memory, lowcore)
+    if raw is not None:
         t.task = _u64(raw, LC_CURRENT_TASK)
         at = LC_CURRENT_PID - LC_FIELDS_START
         t.pid = int.from_bytes(raw[at:at + 4], "big")
