@@ -160,8 +160,50 @@ def backtraces_json(bt: Backtraces) -> dict[str, Any]:
             "warnings": bt.warnings}
 
 
+def in_panic(bt: Backtraces, t: CpuTrace) -> bool:
+    return t.walk is not None and bt.symbols is not None and \
+        bool({"panic", "__crash_kexec"} & {_name(bt, f.pc) for f in t.walk.frames})
+
+
 def panicking(bt: Backtraces) -> list[CpuTrace]:
     """The CPU whose chain runs through panic or __crash_kexec; every CPU when none does."""
-    hit = [t for t in bt.cpus if t.walk is not None and bt.symbols is not None
-           and {"panic", "__crash_kexec"} & {_name(bt, f.pc) for f in t.walk.frames}]
-    return hit or bt.cpus
+    return [t for t in bt.cpus if in_panic(bt, t)] or bt.cpus
+
+
+# ---- for `sadump info` -----------------------------------------------------------------------
+def panic_backtraces(analysis) -> Backtraces | None:
+    """The backtrace of the CPU that panicked, or of every CPU when none did; None when the
+    image gives no CPUs at all."""
+    from sadump.errors import SadumpError
+    from sadump.kernel.unwind import backtraces
+
+    try:
+        bt = backtraces(analysis)
+    except SadumpError:
+        return None
+    if not bt.cpus:
+        return None
+    bt.cpus = panicking(bt)
+    return bt
+
+
+def info_lines(bt: Backtraces | None) -> list[str]:
+    """Compact: one header line per CPU (what it was doing), its frames, and the end only
+    when the walk stopped early."""
+    if bt is None:
+        return ["backtrace    none: no CPUs found"]
+    out = []
+    if bt.symbols is None:
+        out.append(f"backtrace    raw addresses: {bt.symbols_error}")
+    for t in bt.cpus:
+        head = f"backtrace    CPU {t.cpu}" + (" (panicked)" if in_panic(bt, t) else "") + \
+            (f", PID {t.pid}" if t.pid is not None else "")
+        if t.walk is None:
+            out.append(f"{head}: {t.problem}")
+            continue
+        out.append(f"{head}: {doing(bt, t) or 'running'}")
+        lines = cpu_lines(bt, t)
+        out += lines[2 if doing(bt, t) else 1:-1]
+        if not t.walk.normal:
+            out.append(lines[-1])
+    return out
