@@ -238,6 +238,8 @@ def bt(
         result = backtraces(analysis, cpu)
         if cpu is not None and not result.cpus:
             raise fail(Exit.USAGE, f"--cpu {cpu}: no such CPU in this image")
+        if not result.cpus:
+            raise fail(Exit.IMAGE_ERROR, "no CPUs found: " + "; ".join(result.warnings))
         for w in analysis.warnings + result.warnings:
             err(f"warning: {w}")
         if json_out:

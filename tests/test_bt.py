@@ -28,6 +28,8 @@ from sadump.cli import Exit, app
 from sadump.kernel.unwind import backtraces
 from sadump.pipeline import analyse
 from tests.fixtures.builder import (
+    IDENTITY_BASE,
+    KASLR_OFFSET,
     LOWCORE_SIZE,
     PREFIX_AREAS,
     SWAPPER_PG_DIR,
@@ -275,20 +277,29 @@ CPU0_FRAMES = [  # (pc, %pSR, reliable) of CPU 0: panic from a system call, nore
 ]
 
 
-def synthetic(tmp_path, *, kallsyms: bool = True, swapped: bool = False, fmt: str = "raw"):
+def synthetic(tmp_path, *, kallsyms: bool = True, swapped: bool = False, fmt: str = "raw",
+              kernel: str = "6.1"):
     """CPU 0 in panic on a vmalloc'ed task stack (frames spread over its pages), CPU 1 with
-    no stored status. The builder's 6.1-style image with kallsyms, DAT tables and stacks."""
-    cpu0 = Cpu(prefix=PREFIX_AREAS, psw=(KERNEL_PSW, 0x10424))
+    no stored status. The builder's image with kallsyms, DAT tables and stacks; kernel "6.1"
+    (identity map), "6.12" (image at KERNELOFFSET, identity base) or "7.0" (6.12's layout,
+    place-relative kallsyms offsets)."""
+    new = kernel != "6.1"
+    text = KASLR_OFFSET - 0x10000 if new else 0  # text addresses: SYMBOLS + text
+    ident = IDENTITY_BASE if new else 0  # identity map base
+
+    cpu0 = Cpu(prefix=PREFIX_AREAS, psw=(KERNEL_PSW, text + 0x10424))
     top = VSTACK + 16384
     sps = [top - 360 - d for d in (14000, 9000, 4000, 0)]
-    cpu0.gprs = [0] * 14 + [0x10410, sps[0]]
-    spec = ImageSpec(mem_size=64 * MiB, cpus=[cpu0, Cpu()], swapped=swapped)
-    tables = kallsyms_tables(SYMBOLS, TABLES, relative_base=0x10000)
+    cpu0.gprs = [0] * 14 + [text + 0x10410, sps[0]]
+    spec = ImageSpec(mem_size=64 * MiB, cpus=[cpu0, Cpu()], swapped=swapped, new_layout=new,
+                     entries={0} if new else set())
+    tables = kallsyms_tables([(a + text, t, n) for a, t, n in SYMBOLS], TABLES + text,
+                             relative_base=text + 0x10000, place_relative=kernel == "7.0")
     words = Words()
-    words.frame(sps[0], 0x10410, sps[1])  # r14 slot: a stale address in panic
-    words.frame(sps[1], 0x10A00, sps[2])  # return after a noreturn call
-    words.frame(sps[2], 0x10522, sps[3])
-    words.frame(sps[3], 0x10682, 0)
+    words.frame(sps[0], text + 0x10410, sps[1])  # r14 slot: a stale address in panic
+    words.frame(sps[1], text + 0x10A00, sps[2])  # return after a noreturn call
+    words.frame(sps[2], text + 0x10522, sps[3])
+    words.frame(sps[3], text + 0x10682, 0)
     words.pt_regs(top - 200, USER_PSW, 0x3FFF1000, 0x3FFFFF00)
 
     def edit(mem, image):
@@ -307,15 +318,17 @@ def synthetic(tmp_path, *, kallsyms: bool = True, swapped: bool = False, fmt: st
         for va, data in words.pages().items():
             put(VSTACK_PAGES[(va - VSTACK) // 4096], data)
         for lowcore, pid, stacks in [
-                (PREFIX_AREAS, 1, {"task": VSTACK, "irq": IRQ0}),
-                (PREFIX_AREAS + LOWCORE_SIZE, 0, {"task": TASK1})]:
+                (PREFIX_AREAS, 1, {"task": VSTACK, "irq": ident + IRQ0}),
+                (PREFIX_AREAS + LOWCORE_SIZE, 0, {"task": ident + TASK1})]:
             scratch = type(mem)()
             lowcore_stacks(scratch, lowcore, pid, **stacks)
             for addr, data in scratch.runs():
                 put(addr, data)
 
-    path = write_raw_image(spec, tmp_path / "synthetic.raw", tables.lines if kallsyms else [],
-                           edit)
+    extra = tables.lines if kallsyms else []
+    if new:
+        extra = [f"OSRELEASE={kernel}.0-synthetic", *extra]
+    path = write_raw_image(spec, tmp_path / "synthetic.raw", extra, edit)
     if fmt == "s390":  # the same memory in the s390 dump format
         spec.build().memory.pages = _pages_of(path)
         return write_s390(spec, tmp_path / "synthetic.s390")
@@ -347,6 +360,28 @@ def test_synthetic_vmalloc_stack(tmp_path, swapped):
     assert (cpu1["cpu"], cpu1["prefix"], cpu1["psw"], cpu1["frames"]) == (
         1, PREFIX_AREAS + LOWCORE_SIZE, None, [])
     assert cpu1["end"].startswith("no registers")
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_synthetic_new_layouts(tmp_path, kernel):
+    """6.10+: text at KERNELOFFSET, identity base for lowcores and stacks; 7.0: place-relative
+    offsets (no kallsyms_relative_base line): the formula that gives SYMBOL(_stext) wins."""
+    path = synthetic(tmp_path, kernel=kernel)
+    shift = KASLR_OFFSET - 0x10000
+    doc = bt_json(path)
+    assert [(f["pc"] - shift, f"{f['symbol']}+{f['offset']:#x}/{f['size']:#x}", f["reliable"])
+            for f in doc["cpus"][0]["frames"]] == CPU0_FRAMES
+    analysis = analyse(str(path))
+    try:
+        bt = backtraces(analysis)
+    finally:
+        analysis.close()
+    assert bt.symbols.encoding == ("place-relative" if kernel == "7.0" else "relative-base")
+    # modules: [round_down(KERNELOFFSET, 1 MiB) - 2 GiB, round_down(KERNELOFFSET, 1 MiB))
+    end = KASLR_OFFSET & ~0xFFFFF
+    assert bt.symbols.module_range == (end - (1 << 31), end)
+    assert str(bt.symbols.lookup(end - 0x1000)) == f"[module] {end - 0x1000:#x}"
+    assert bt.symbols.is_text(end - 0x1000)
 
 
 def test_synthetic_text(tmp_path):
@@ -396,8 +431,5 @@ def test_no_vmcoreinfo_no_cpus(tmp_path):
     path = tmp_path / "zeros.raw"
     path.write_bytes(bytes(1 << 20))
     res = runner.invoke(app, ["bt", "--json", str(path)])
-    assert res.exit_code == Exit.OK
-    doc = json.loads(res.stdout)
-    assert doc["cpus"] == [] and doc["symbols"] is None
-    res = runner.invoke(app, ["bt", str(path)])
-    assert "no CPUs found" in res.stdout
+    assert res.exit_code == Exit.IMAGE_ERROR and res.stdout == ""
+    assert "no CPUs found: no VMCOREINFO" in res.stderr
