@@ -36,6 +36,7 @@ from tests.fixtures.builder import (
     Cpu,
     ImageSpec,
     MiB,
+    write_elf,
     write_s390,
 )
 from tests.fixtures.kstack import (
@@ -332,6 +333,14 @@ def synthetic(tmp_path, *, kallsyms: bool = True, swapped: bool = False, fmt: st
     if fmt == "s390":  # the same memory in the s390 dump format
         spec.build().memory.pages = _pages_of(path)
         return write_s390(spec, tmp_path / "synthetic.s390")
+    if fmt == "elf":  # an ELF core whose only register note is CPU 1's, in user mode
+        spec.build().memory.pages = _pages_of(path)
+        prstatus = bytearray(336)
+        struct.pack_into(">QQ", prstatus, 0x70, USER_PSW, 0x3FFF2000)
+        struct.pack_into(">Q", prstatus, 0x80 + 15 * 8, 0x3FFFFE00)
+        notes = [("CORE", 1, bytes(prstatus)),
+                 ("LINUX", 0x305, struct.pack(">I", PREFIX_AREAS + LOWCORE_SIZE))]
+        return write_elf(spec, tmp_path / "synthetic.elf", notes)
     return path
 
 
@@ -396,6 +405,17 @@ def test_synthetic_text(tmp_path):
 
 def test_synthetic_s390_dump(tmp_path):
     assert synthetic_frames(bt_json(synthetic(tmp_path, fmt="s390"))) == CPU0_FRAMES
+
+
+def test_synthetic_elf_note_for_one_cpu(tmp_path):
+    """CPU 1's registers from its note (user mode: nothing to walk), CPU 0's from its own
+    lowcore's save area, as no note names it."""
+    doc = bt_json(synthetic(tmp_path, fmt="elf"))
+    assert synthetic_frames(doc) == CPU0_FRAMES
+    cpu1 = doc["cpus"][1]
+    assert cpu1["psw"] == {"mask": USER_PSW, "addr": 0x3FFF2000}
+    assert [f["pc"] for f in cpu1["frames"]] == [0x3FFF2000]
+    assert cpu1["doing"] == "running a user program" and "user mode" in cpu1["end"]
 
 
 def test_synthetic_without_kallsyms(tmp_path):

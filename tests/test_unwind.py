@@ -301,3 +301,22 @@ def test_vmalloc_stack_behind_an_invalid_region_entry():
     stack = Stack("task", VSTACK, VSTACK + 16384)
     w = walk(StackReader(kmem).u64, regs(0x10400, VSTACK + 1000), [stack], is_text)
     assert not w.normal and "not mapped" in w.end and len(w.frames) == 1
+
+
+# ---- registers to lowcores ---------------------------------------------------------------------
+
+def test_match_registers_by_prefix():
+    a, b = regs(0x10400, 0x1000), regs(0x10500, 0x2000)
+    got, warnings = unwind.match_registers([(0, 0x20000), (1, 0x22000)],
+                                           [(0x22000, b), (0x30000, a)])
+    assert got == {0x22000: b, 0x30000: a}
+    assert warnings == [("registers with prefix 0x30000 match no CPU's lowcore (lowcore_ptr): "
+                        "not walked")]
+
+
+def test_match_registers_without_prefixes():
+    a, b = regs(0x10400, 0x1000), regs(0x10500, 0x2000)
+    got, warnings = unwind.match_registers([(0, 0x20000), (1, 0x22000)], [(0, a), (0, b)])
+    assert got == {0x20000: a, 0x22000: b} and "in order" in warnings[0]
+    got, warnings = unwind.match_registers([(0, 0x20000)], [(0, a), (0, b)])
+    assert got == {} and "not matched" in warnings[0]

@@ -293,15 +293,30 @@ def lowcore_table(analysis) -> tuple[list[tuple[int, int]], list[str]]:
     return out, warnings
 
 
-def cpu_registers(analysis) -> tuple[dict[int, Registers], str, list[str]]:
-    """The one place that asks sadump.ipl.cpu for the CPUs' registers: prefix -> registers
-    (register notes, else the store-status save areas), the source, warnings."""
+def cpu_registers(analysis) -> tuple[list[tuple[int, Registers]], str, list[str]]:
+    """The one place that asks sadump.ipl.cpu for the CPUs' registers: (prefix, registers)
+    from the register notes, else the store-status save areas; the source; warnings."""
     from sadump.ipl.cpu import find_cpus
 
     found = find_cpus(analysis)
-    regs = {c.prefix: Registers(c.psw_mask, c.psw_addr, tuple(c.gprs)) for c in found.cpus}
+    regs = [(c.prefix, Registers(c.psw_mask, c.psw_addr, tuple(c.gprs))) for c in found.cpus]
     return regs, found.source, [w for w in found.warnings
                                 if not w.startswith("no CPU has a stored status")]
+
+
+def match_registers(lowcores: list[tuple[int, int]], regs: list[tuple[int, Registers]]
+                    ) -> tuple[dict[int, Registers], list[str]]:
+    """lowcore -> registers by prefix == lowcore. Notes without any prefix (no
+    NT_S390_PREFIX) are matched in order when there are as many as lowcores."""
+    if regs and not any(p for p, _ in regs):
+        if len(regs) == len(lowcores):
+            return ({lc: r for (_, lc), (_, r) in zip(lowcores, regs, strict=True)},
+                    ["register notes carry no prefix: matched to lowcore_ptr in order"])
+        return {}, [(f"{len(regs)} register notes without a prefix for {len(lowcores)} "
+                    "lowcores: not matched")]
+    by_prefix = dict(regs)
+    return by_prefix, [f"registers with prefix {p:#x} match no CPU's lowcore (lowcore_ptr): "
+                       "not walked" for p in sorted(set(by_prefix) - {lc for _, lc in lowcores})]
 
 
 def _save_area_registers(memory, lowcore: int) -> Registers | None:
@@ -374,22 +389,18 @@ def backtraces(analysis, cpu: int | None = None) -> Backtraces:
     try:
         regs, source, w = cpu_registers(analysis)
     except SadumpError as e:
-        regs, source, w = {}, "none", [f"CPU registers not readable: {e}"]
+        regs, source, w = [], "none", [f"CPU registers not readable: {e}"]
     warnings += w
-    if not lowcores and regs:  # no lowcore_ptr: each register set names its lowcore
-        lowcores = list(enumerate(sorted(regs)))
-    matched = set()
+    if not lowcores:  # no lowcore_ptr: each register set names its lowcore
+        lowcores = list(enumerate(sorted({p for p, _ in regs if p})))
+    by_lowcore, w = match_registers(lowcores, regs)
+    warnings += w
     traces = []
     for number, lowcore in lowcores:
-        r, src = regs.get(lowcore), source
-        if r is None:
-            r, src = _save_area_registers(analysis.memory, lowcore), "save area"
-        else:
-            matched.add(lowcore)
         if cpu is not None and number != cpu:
             continue
+        r, src = by_lowcore.get(lowcore), source
+        if r is None:
+            r, src = _save_area_registers(analysis.memory, lowcore), "save area"
         traces.append(trace_cpu(analysis, number, lowcore, r, src if r else None, syms, size))
-    for prefix in sorted(set(regs) - matched):
-        warnings.append(f"registers with prefix {prefix:#x} match no CPU's lowcore "
-                        "(lowcore_ptr): not walked")
     return Backtraces(traces, syms, syms_error, warnings)
