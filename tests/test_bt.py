@@ -23,10 +23,10 @@ import time
 import pytest
 from typer.testing import CliRunner
 
+from sadump.analysis import analyse
 from sadump.backtrace_report import text_lines
 from sadump.cli import Exit, app
 from sadump.kernel.unwind import backtraces
-from sadump.pipeline import analyse
 from tests.fixtures.builder import (
     IDENTITY_BASE,
     KASLR_OFFSET,

@@ -9,10 +9,10 @@ from collections import Counter
 
 import pytest
 
+from sadump.analysis import analyse
 from sadump.kernel.kallsyms import KallsymsError, decode
 from sadump.kernel.translate import KernelLayout, KernelMemory
 from sadump.kernel.vmcoreinfo import VmcoreInfo
-from sadump.pipeline import analyse
 from tests.fixtures.builder import Memory
 from tests.fixtures.kstack import SYMBOLS, SparseMemory, kallsyms_tables, sym
 

@@ -266,7 +266,7 @@ class Backtraces:
 def lowcore_table(analysis) -> tuple[list[tuple[int, int]], list[str]]:
     """(cpu, physical lowcore) for each non-zero lowcore_ptr[cpu] (VMCOREINFO SYMBOL and
     LENGTH of lowcore_ptr, identity-virtual pointers)."""
-    from sadump.ipl.cpu import MAX_CPUS
+    from sadump.kernel.cpus import MAX_CPUS
 
     info = analysis.vmcoreinfo.info
     if info is None:
@@ -294,11 +294,9 @@ def lowcore_table(analysis) -> tuple[list[tuple[int, int]], list[str]]:
 
 
 def cpu_registers(analysis) -> tuple[list[tuple[int, Registers]], str, list[str]]:
-    """The one place that asks sadump.ipl.cpu for the CPUs' registers: (prefix, registers)
-    from the register notes, else the store-status save areas; the source; warnings."""
-    from sadump.ipl.cpu import find_cpus
-
-    found = find_cpus(analysis)
+    """The one place that asks for the CPUs' registers (Analysis.cpus(): the register notes,
+    else the store-status save areas): (prefix, registers), the source, warnings."""
+    found = analysis.cpus()
     regs = [(c.prefix, Registers(c.psw_mask, c.psw_addr, tuple(c.gprs))) for c in found.cpus]
     return regs, found.source, [w for w in found.warnings
                                 if not w.startswith("no CPU has a stored status")]
