@@ -318,18 +318,17 @@ def match_registers(lowcores: list[tuple[int, int]], regs: list[tuple[int, Regis
 
 
 def _save_area_registers(memory, lowcore: int) -> Registers | None:
-    """This lowcore's own store-status save area (GPRs 0x1280, PSW 0x1300, prefix 0x1318)
-    when it holds a PSW and names this lowcore."""
+    """This lowcore's own store-status save area, when it holds a PSW and names this
+    lowcore as its prefix."""
+    from sadump.ipl.save_area import read_save_area
+
     try:
-        raw = memory.read(lowcore + 0x1280, 0x9C)
+        cpu = read_save_area(memory, lowcore, ipl=False)
     except SadumpError:
         return None
-    gprs = tuple(int.from_bytes(raw[8 * i:8 * i + 8], "big") for i in range(16))
-    mask, addr = int.from_bytes(raw[0x80:0x88], "big"), int.from_bytes(raw[0x88:0x90], "big")
-    prefix = int.from_bytes(raw[0x98:0x9C], "big")
-    if (mask or addr) and prefix == lowcore:
-        return Registers(mask, addr, gprs)
-    return None
+    if cpu is None or not (cpu.psw_mask or cpu.psw_addr) or cpu.prefix != lowcore:
+        return None
+    return Registers(cpu.psw_mask, cpu.psw_addr, tuple(cpu.gprs))
 
 
 def _lowcore_fields(memory, lowcore: int) -> tuple[bytes | None, str | None]:
