@@ -218,3 +218,23 @@ def test_unreadable_tables():
 def test_no_vmcoreinfo():
     with pytest.raises(KallsymsError, match="no VMCOREINFO"):
         decode(None, None)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_damage_to_the_tables(seed):
+    """Flipped bytes anywhere in the tables: a decode that passes its checks, or a
+    KallsymsError; never another exception."""
+    import random
+
+    rnd = random.Random(seed)
+    tables = kallsyms_tables(SYMBOLS, TABLES, relative_base=0x10000)
+    blob = bytearray(tables.blob)
+    for _ in range(rnd.randrange(1, 8)):
+        blob[rnd.randrange(len(blob))] = rnd.randrange(256)
+    damaged = type(tables)(bytes(blob), tables.base, tables.lines, tables.names_len)
+    try:
+        k = decode(info_for(tables), kmem_with(damaged))
+    except KallsymsError:
+        return
+    assert k.address("_stext") == 0x10000
+    assert all(a <= b for a, b in zip(k.addresses, k.addresses[1:], strict=False))

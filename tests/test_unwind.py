@@ -320,3 +320,25 @@ def test_match_registers_without_prefixes():
     assert got == {0x20000: a, 0x22000: b} and "in order" in warnings[0]
     got, warnings = unwind.match_registers([(0, 0x20000)], [(0, a), (0, b)])
     assert got == {} and "not matched" in warnings[0]
+
+
+# ---- random damage: the walk always ends, within its bounds ---------------------------------
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_stack_words(seed):
+    import random
+
+    rnd = random.Random(seed)
+    words = Words()
+    candidates = [0, 1, 0x10100, TASK.top - 360, TASK.top - 200, IRQ.top - 360, NODAT.top - 600,
+                  (1 << 64) - 8, 0x0001000000000000, 0x0706C00180000000]
+    for stack in STACKS:
+        for addr in range(stack.bottom + 0x3000, stack.top, 8):
+            r = rnd.random()
+            if r < 0.3:
+                words.words[addr] = rnd.choice(candidates)
+            elif r < 0.5:
+                words.words[addr] = rnd.randrange(stack.bottom, stack.top) & ~rnd.choice([0, 7])
+    sp = rnd.randrange(TASK.bottom + 0x3000, TASK.top - 160) & ~7
+    w = walk(words.read_u64, regs(0x10400, sp), STACKS, is_text)
+    assert w.end and 1 <= len(w.frames) <= unwind.MAX_FRAMES
