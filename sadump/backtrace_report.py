@@ -142,22 +142,23 @@ def frame_json(bt: Backtraces, f: Frame) -> dict[str, Any]:
 
 
 def cpu_json(bt: Backtraces, t: CpuTrace) -> dict[str, Any]:
+    """Issue 13's shape exactly; psw is null for a CPU without registers."""
     return {
         "cpu": t.cpu,
         "prefix": t.prefix,
         "pid": t.pid,
         "psw": None if t.regs is None else {"mask": t.regs.psw_mask, "addr": t.regs.psw_addr},
         "frames": [] if t.walk is None else [frame_json(bt, f) for f in t.walk.frames],
-        "doing": doing(bt, t),
-        "end": t.walk.end if t.walk is not None else t.problem,
     }
 
 
 def backtraces_json(bt: Backtraces) -> dict[str, Any]:
-    return {"cpus": [cpu_json(bt, t) for t in bt.cpus],
-            "symbols": None if bt.symbols is None else len(bt.symbols),
-            "symbols_error": bt.symbols_error,
-            "warnings": bt.warnings}
+    return {"cpus": [cpu_json(bt, t) for t in bt.cpus]}
+
+
+def ending(t: CpuTrace) -> str:
+    """Why the frames end: the walk's end, or why there is no walk."""
+    return t.walk.end if t.walk is not None else t.problem or ""
 
 
 def in_panic(bt: Backtraces, t: CpuTrace) -> bool:
