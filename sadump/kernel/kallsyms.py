@@ -195,12 +195,14 @@ def _names(kmem, names_at: int, count: int, tokens: list[bytes],
     out: list[bytes] = []
     join, get = b"".join, tokens.__getitem__
     off = 0
+    ended = False  # the readable memory ended: no more refills
     for _ in range(count):
-        if off - base + 2 + MAX_RECORD > len(buf):  # refill: keep what is left, read on
-            want = off - base + 2 + MAX_RECORD + NAMES_CHUNK
+        if not ended and off - base + 2 + MAX_RECORD > len(buf):  # keep the rest, read on
             buf = buf[off - base:]
             base = off
-            more = _read_some(kmem, names_at + base + len(buf), want - len(buf))
+            want = 2 + MAX_RECORD + NAMES_CHUNK - len(buf)
+            more = _read_some(kmem, names_at + base + len(buf), want)
+            ended = len(more) < want
             buf += more
         p = off - base
         if p >= len(buf):
