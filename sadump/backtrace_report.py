@@ -42,7 +42,7 @@ def doing(bt: Backtraces, t: CpuTrace) -> str | None:
         parts.append("in panic" + (", starting kdump (__crash_kexec)" if "__crash_kexec" in names
                                    else ""))
     elif names[0] == "__do_machine_kdump":
-        parts.append("in the kdump entry (stopped by the crashing CPU)")
+        parts.append("in the kdump entry")
     elif t.regs.psw_mask & PSW_MASK_WAIT or names[0] in IDLE:
         parts.append("idle")
     # each pt_regs was built by the entry code of the frame before it
@@ -53,7 +53,7 @@ def doing(bt: Backtraces, t: CpuTrace) -> str | None:
         what = HANDLERS.get(entry or "")
         if what:
             parts.append(f"in {what}")
-    if parts and parts[0] != "idle" and IDLE & set(names):
+    if IDLE & set(names) and (not parts or parts[0] != "idle"):
         parts.append("interrupting the idle loop")
     return ", ".join(parts) or None
 

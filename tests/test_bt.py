@@ -472,3 +472,39 @@ def test_no_vmcoreinfo_no_cpus(tmp_path):
     res = runner.invoke(app, ["bt", "--json", str(path)])
     assert res.exit_code == Exit.IMAGE_ERROR and res.stdout == ""
     assert "no CPUs found: no VMCOREINFO" in res.stderr
+
+
+# ---- the "doing" line ---------------------------------------------------------------------------
+
+def _trace(frames, mask=KERNEL_PSW, end="task pt_regs", end_regs=0x1000):
+    from sadump.kernel.unwind import CpuTrace, Frame, Registers, Walk
+
+    fs = [Frame(pc, 0, "task", True, kind) for pc, kind in frames]
+    walk = Walk(fs, end, end == "task pt_regs", end_regs if end == "task pt_regs" else None)
+    return CpuTrace(0, 0x20000, 0, regs=Registers(mask, frames[0][0], (0,) * 16), walk=walk)
+
+
+@pytest.fixture(scope="module")
+def small_kernel():
+    from sadump.kernel.kallsyms import Kallsyms
+
+    return Kallsyms([a for a, _, _ in SYMBOLS], "".join(t for _, t, _ in SYMBOLS),
+                    [n for _, _, n in SYMBOLS], "relative-base")
+
+
+@pytest.mark.parametrize("frames, mask, expected", [
+    ([(0x10300, "psw"), (0x10310, "return"), (0x10100, "return")], 0x0706C00180000000,
+     "idle"),
+    ([(0x10504, "psw"), (0x10890, "return"), (0x10810, "return"), (0x10300, "pt_regs"),
+      (0x10100, "return")], KERNEL_PSW, "in an external interrupt, interrupting the idle loop"),
+    ([(0x10404, "psw"), (0x10524, "return"), (0x10610, "return")], KERNEL_PSW,
+     "in panic, in a system call"),
+    ([(0x10404, "psw")], USER_PSW, "running a user program"),
+    ([(0x10904, "psw"), (0x10A10, "return")], KERNEL_PSW, None),
+])
+def test_doing(small_kernel, frames, mask, expected):
+    from sadump.kernel.unwind import Backtraces
+
+    bt = Backtraces([], small_kernel, None)
+    assert doing(bt, _trace(frames, mask)) == expected
+    assert doing(Backtraces([], None, "no kallsyms"), _trace(frames, mask)) is None
