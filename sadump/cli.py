@@ -221,6 +221,36 @@ def info(source: SourceArg, json_out: JsonOpt = False, input_format: InputFormat
         analysis.close()
 
 
+@app.command("bt")
+def bt(
+    source: SourceArg,
+    json_out: JsonOpt = False,
+    cpu: Annotated[int | None, typer.Option("--cpu", metavar="N",
+                                            help="only CPU N")] = None,
+    input_format: InputFormat = None,
+) -> None:
+    """Every CPU's backtrace from the image alone (kallsyms, no vmlinux)."""
+    from sadump import backtrace_report
+    from sadump.kernel.unwind import backtraces
+
+    analysis = open_analysis(source, False, input_format)
+    try:
+        result = backtraces(analysis, cpu)
+        if cpu is not None and not result.cpus:
+            raise fail(Exit.USAGE, f"--cpu {cpu}: no such CPU in this image")
+        if not result.cpus:
+            raise fail(Exit.IMAGE_ERROR, "no CPUs found: " + ("; ".join(result.warnings)
+                                                              or "lowcore_ptr lists none"))
+        for w in analysis.warnings + result.warnings:
+            err(f"warning: {w}")
+        if json_out:
+            write_stdout(json.dumps(backtrace_report.backtraces_json(result), indent=2) + "\n")
+        else:
+            write_stdout("\n".join(backtrace_report.text_lines(result)) + "\n")
+    finally:
+        analysis.close()
+
+
 def kdump_options(fmt: str, compress: str | None, jobs: int | None, flatten: bool,
                   stdout: bool):
     """--compress, --jobs, --flatten: kdump only; a codec whose package is missing is a

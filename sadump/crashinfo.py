@@ -11,6 +11,8 @@ from typing import Any
 
 from sadump import report
 from sadump.analysis import Analysis
+from sadump.backtrace_report import backtraces_json as bt_json
+from sadump.backtrace_report import info_lines as bt_lines
 from sadump.constants import MIB, PAGE_SIZE, mib
 from sadump.errors import SadumpError
 from sadump.kernel.printk import KernelLog, LogError, Record, read_kernel_log
@@ -43,6 +45,7 @@ class CrashInfo:
     warnings: list[str] = field(default_factory=list)
     classes: MemoryClasses | None = None  # the memory by makedumpfile's classes
     classes_error: str | None = None
+    backtrace: Any = None  # backtrace_report: the panicking CPU's (or every CPU's)
 
 
 
@@ -91,9 +94,11 @@ def crash_info(analysis: Analysis) -> CrashInfo:
         log_error = str(e)
     kind, tail = log_tail(log.records) if log else ("", [])
     classes, classes_error = memory_classes(analysis)
+    from sadump.backtrace_report import panic_backtraces
+
     return CrashInfo(info.osrelease if info else None, analysis.crash_time(), cpus, cpu_source,
                      log, log_error, tail, kind, warnings + (log.warnings if log else []),
-                     classes, classes_error)
+                     classes, classes_error, backtrace=panic_backtraces(analysis))
 
 
 # ---- memory by class (makedumpfile --mem-usage) ----------------------------------------
@@ -226,6 +231,7 @@ def info_json(analysis: Analysis, ci: CrashInfo) -> dict[str, Any]:
                 "records": len(ci.log.records) if ci.log else 0, "tail_kind": ci.tail_kind or None,
                 "tail": [r.line() for r in ci.tail]},
         "memory_classes": classes_json(ci.classes, ci.classes_error),
+        "backtrace": bt_json(ci.backtrace) if ci.backtrace is not None else None,
         "warnings": analysis.warnings + ci.warnings,
     }
 
@@ -271,6 +277,7 @@ def info_lines(analysis: Analysis, ci: CrashInfo, with_classes: bool = True) -> 
             f"the last {len(ci.tail)} lines"
         out.append(f"kernel log   {len(ci.log.records)} records ({ci.log.format}); {what}:")
         out += ["  " + line for r in ci.tail for line in r.line().split("\n")]
+    out += bt_lines(ci.backtrace)
     if with_classes:
         out += classes_lines(ci.classes, ci.classes_error)
     return out
