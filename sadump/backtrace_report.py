@@ -188,9 +188,9 @@ def panic_backtraces(analysis) -> Backtraces | None:
     return bt
 
 
-def info_lines(bt: Backtraces | None) -> list[str]:
-    """Compact: one header line per CPU (what it was doing), its frames, and the end only
-    when the walk stopped early."""
+def info_lines(bt: Backtraces | None, width: int = 100) -> list[str]:
+    """Compact, for one screen: per CPU a header (what it was doing), then its reliable
+    frames as one chain, innermost first, wrapped; `sadump bt` prints them in full."""
     if bt is None:
         return ["backtrace    none: no CPUs found"]
     out = []
@@ -203,8 +203,22 @@ def info_lines(bt: Backtraces | None) -> list[str]:
             out.append(f"{head}: {t.problem}")
             continue
         out.append(f"{head}: {doing(bt, t) or 'running'}")
-        lines = cpu_lines(bt, t)
-        out += lines[2 if doing(bt, t) else 1:-1]
+        chain = [_short(bt, f.pc) for f in t.walk.frames if f.reliable]
+        line = " "
+        for i, name in enumerate(chain):
+            item = name + (" <" if i < len(chain) - 1 else "")
+            if len(line) + 1 + len(item) > width:
+                out.append(line)
+                line = " "
+            line += " " + item
+        out.append(line)
         if not t.walk.normal:
-            out.append(lines[-1])
+            out.append(f"  walk stopped: {t.walk.end}")
     return out
+
+
+def _short(bt: Backtraces, pc: int) -> str:
+    sym = _symbol(bt, pc)
+    if sym is None or sym.name is None:
+        return f"{pc:#x}"
+    return f"{sym.name}+{sym.offset:#x}"

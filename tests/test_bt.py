@@ -273,6 +273,10 @@ def test_info_shows_the_panicking_cpu(real_file):
     assert frames_of(doc["backtrace"]) == {1: KDUMP_CPU1}
     res = runner.invoke(app, ["info", str(real_file("rimg-kdump.proc-vmcore.elf"))])
     assert "backtrace    CPU 1 (panicked), PID 1: in panic" in res.stdout
+    # compact: the reliable frames as one wrapped chain, innermost first
+    assert "  pcpu_delegate+0x124 < smp_call_ipl_cpu+0x54 < __crash_kexec+0x64 < panic+0x248 <" \
+        in res.stdout
+    assert "< __do_syscall+0x17a < system_call+0x82\n" in res.stdout
     res = runner.invoke(app, ["info", "--json", str(real_file("rimg-kdump.qemu.elf"))])
     assert frames_of(json.loads(res.stdout)["backtrace"]) == QEMU  # none panicked: every CPU
 
