@@ -160,18 +160,14 @@ def classes_json(mc: MemoryClasses | None, error: str | None) -> dict[str, Any]:
             "error": None}
 
 
-def classes_lines(mc: MemoryClasses | None, error: str | None, bars: bool = True) -> list[str]:
-    """The class table as plain text, with a bar of block characters per class."""
+def classes_lines(mc: MemoryClasses | None, error: str | None) -> list[str]:
+    """The classes in one line of plain text (the bars and the table of every level are for
+    a terminal, see render_classes, and for --json)."""
     if mc is None:
-        return [f"memory by class  not available: {error}"]
-    out = ["memory by class (makedumpfile --mem-usage, the rules of -d 31):"]
-    for name, n in mc.pages.items():
-        share = n / mc.present if mc.present else 0.0
-        bar = "█" * round(share * 40) if bars else ""
-        out.append(f"  {name:<14s}{n:>10d} pages {mib(n * PAGE_SIZE):>12s} {share:6.1%} {bar}")
-    out.append("dump levels (pages written; below 31 at most): " + ", ".join(
-        f"{lv}: {n} ({mib(n * PAGE_SIZE)})" for lv, n in mc.levels.items()))
-    return out
+        return [f"memory class not available: {error}"]
+    classes = ", ".join(f"{name} {n} ({mib(n * PAGE_SIZE)})" for name, n in mc.pages.items())
+    d31 = mc.levels[31]
+    return [f"memory class {classes}; -d 31 writes {d31} pages ({mib(d31 * PAGE_SIZE)})"]
 
 
 def render_classes(mc: MemoryClasses | None, error: str | None, console) -> None:

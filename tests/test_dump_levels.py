@@ -125,7 +125,20 @@ def test_info_shows_the_memory_by_class(real_file):
     assert levels[0] == 229376 and levels[2] == levels[4] == 226824
     assert levels[8] == 229360 and levels[16] == 10435 and levels[31] == 7867 - 1155
     text = run("info", real_file(VMCORE)).stdout
-    assert "memory by class" in text and "FREE" in text and "█" in text
+    assert "memory class" in text and "FREE 218941" in text and "-d 31 writes 6712" in text
+    # on a terminal: one rich bar per class
+    import io
+
+    from rich.console import Console
+
+    from sadump.crashinfo import MemoryClasses, render_classes
+
+    out = io.StringIO()
+    levels = {int(k): v["pages"] for k, v in mc["dump_levels"].items()}
+    render_classes(MemoryClasses(mc["pages"], mc["present_pages"], 0, levels), None,
+                   Console(file=out, width=120))
+    table = out.getvalue()
+    assert all(name in table for name in mc["pages"]) and "━" in table
 
 
 def test_info_without_the_keys_says_why(tmp_path):
