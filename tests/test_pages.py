@@ -148,9 +148,10 @@ def test_real_raw_image_kdump_path(real_file):
         present = pfn_ranges(a.memory.ranges(), ck)
         assert present == [(0, 0x38000)]
         keys = filter_keys(a.vmcoreinfo.info)
-        for level in (16, 31):
+        results = filter_levels(a.kernel_memory, keys, present, LEVELS)
+        for level in LEVELS:
             ref = reference(real_file(f"filter/rimg-kdump.d{level}.bitmaps"))
-            r = filter_pages(a.kernel_memory, keys, present, level)
+            r = results[level]
             diff = np.unpackbits(padded(r.bitmap2, ref["bitmap2"].size) ^ ref["bitmap2"])
             assert int(diff.sum()) == 0
             assert np.array_equal(padded(r.bitmap1, ref["bitmap1"].size), ref["bitmap1"])
