@@ -21,6 +21,7 @@ from sadump.kernel.mem_section import (
     allowed_level,
     check_level,
     filter_keys,
+    needed_keys,
     pfn_ranges,
     walk_sections,
 )
@@ -34,6 +35,7 @@ from sadump.kernel.pages import (
     USER,
     count_bits,
     count_zero_pages,
+    filter_levels,
     filter_pages,
     set_bits,
     zero_pages,
@@ -50,6 +52,7 @@ from tests.fixtures.pagemachine import (
     SECTION_PAGES,
     VMEMMAP,
     PageMachine,
+    reference_filter,
 )
 
 LEVELS = (1, 2, 4, 8, 16, 31)
@@ -106,6 +109,17 @@ def test_real_vmcore_bitmaps_equal_makedumpfile(vmcore, real_file, level):
     assert r.unreadable == 0 and r.bad_buddy_orders == 0 and r.walked == (level != 1)
 
 
+def test_real_vmcore_all_levels_in_one_pass(vmcore, real_file):
+    keys = filter_keys(vmcore.vmcoreinfo.info)
+    results = filter_levels(vmcore.kernel_memory, keys, pfn_ranges(vmcore.memory.ranges()),
+                            LEVELS)
+    for level in LEVELS:
+        ref = reference(real_file(f"filter/rimg-kdump.d{level}.bitmaps"))
+        r = results[level]
+        assert np.array_equal(padded(r.bitmap2, ref["bitmap2"].size), ref["bitmap2"])
+        assert r.counts == dict.fromkeys(r.counts, 0) | REF_COUNTS[level]
+
+
 def test_real_vmcore_mem_usage(vmcore, real_file):
     """--mem-usage rows at level 31: ZERO counts the zero pages still dumpable; 1,155 is the
     number of descriptors of makedumpfile's -c -d 31 file that point to the zero page."""
@@ -134,9 +148,10 @@ def test_real_raw_image_kdump_path(real_file):
         present = pfn_ranges(a.memory.ranges(), ck)
         assert present == [(0, 0x38000)]
         keys = filter_keys(a.vmcoreinfo.info)
-        for level in (16, 31):
+        results = filter_levels(a.kernel_memory, keys, present, LEVELS)
+        for level in LEVELS:
             ref = reference(real_file(f"filter/rimg-kdump.d{level}.bitmaps"))
-            r = filter_pages(a.kernel_memory, keys, present, level)
+            r = results[level]
             diff = np.unpackbits(padded(r.bitmap2, ref["bitmap2"].size) ^ ref["bitmap2"])
             assert int(diff.sum()) == 0
             assert np.array_equal(padded(r.bitmap1, ref["bitmap1"].size), ref["bitmap1"])
@@ -203,7 +218,8 @@ def m61() -> PageMachine:
     m.first_tail(2559, 0, dtor=2)
     m.page(3000, mapcount=BUDDY_61, private=3)  # free [3000, 3008)
     m.page(3002, flags=f("lru"), mapping=0x5000)  # inside: never visited
-    m.page(3004, mapcount=BUDDY_61, private=5)  # inside: its range is never visited
+    m.page(3004, mapcount=BUDDY_61, private=5)  # inside: its range is never visited ...
+    m.page(3020, flags=f("lru"), mapping=0x5000)  # ... so this one is (a walk-order case)
     m.page(4000, flags=f("head"))  # kernel compound page (kept) ...
     m.first_tail(4000, 1)
     m.page(4001, flags=f("lru"), mapping=0x5000,  # ... whose tail looks like cache
@@ -229,18 +245,97 @@ def test_synthetic_61_level_31(m61):
     assert classes_of(r, [300, 301, 302, 303, 304]) == [USER, KEEP, CACHE_PRI, CACHE, KEEP]
     assert (c[512:1024] == USER).all()
     assert classes_of(r, [2556, 2557, 2558, 2559, 2560]) == [USER, USER, KEEP, KEEP, KEEP]
-    assert (c[3000:3008] == FREE).all() and (c[3008:3036] == KEEP).all()
+    assert (c[3000:3008] == FREE).all() and (c[3008:3020] == KEEP).all()
+    assert c[3020] == CACHE and (c[3021:3036] == KEEP).all()
     assert classes_of(r, [4000, 4001, 5000]) == [KEEP, KEEP, OFFLINE]
     assert (c[8190:8192] == FREE).all() and (c[0x2000:0x2100] == NOT_EXAMINED).all()
     assert (c[SECTION_PAGES - 4:SECTION_PAGES + 4] == [FREE] * 5 + [CACHE] + [FREE] * 2).all()
     assert r.max_mapnr == SECTION_PAGES + 4096 and r.present == r.max_mapnr - 256
     # makedumpfile's counters: whole ranges (8190's counts its 6 hole pfns), the page of the
     # next section that the range covered counts again as cache
-    assert r.counts == {"NON_PRI_CACHE": 4 + 1 + 1, "PRI_CACHE": 1, "USER": 1 + 512 + 2,
+    assert r.counts == {"NON_PRI_CACHE": 4 + 1 + 1 + 1, "PRI_CACHE": 1, "USER": 1 + 512 + 2,
                         "FREE": 8 + 8 + 8 + 8, "HWPOISON": 0, "OFFLINE": 1}
     bits = np.unpackbits(r.bitmap2, bitorder="little")[:r.max_mapnr]
     expect = (c == KEEP)
     assert np.array_equal(bits.astype(bool), expect)
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "6.12"])
+@pytest.mark.parametrize("chain_min", [0, 64])
+def test_synthetic_every_level_equals_a_slow_reference(m61, m612, kernel, chain_min,
+                                                       monkeypatch):
+    """All 32 levels against a plain per-pfn loop written from spec 0 (tests/fixtures)."""
+    from sadump.kernel import pages
+    monkeypatch.setattr(pages, "CHAIN_MIN", chain_min)
+    m = m61 if kernel == "6.1" else m612
+    mem, info = m.build()
+    kmem, keys = kernel_memory(mem, info), filter_keys(info)
+    results = filter_levels(kmem, keys, pfn_ranges(mem.ranges()), range(32))
+    for level in range(32):
+        bm, counts = reference_filter(m, level)
+        r = results[level]
+        assert r.bitmap2.tobytes() == bytes(bm), level
+        assert r.counts == counts, level
+
+
+@pytest.mark.parametrize("chain_min", [0, 64, 10**9])
+def test_overlapping_free_ranges_follow_the_walk(monkeypatch, chain_min):
+    """Damage: 600 buddy heads whose ranges overlap the next heads; which heads the walk
+    visits decides which pfns stay. Both ways of deciding (pointer doubling, the loop) agree
+    with the reference."""
+    from sadump.kernel import pages
+    monkeypatch.setattr(pages, "CHAIN_MIN", chain_min)
+    m = PageMachine("6.1")
+    for p in range(20000, 20900):
+        if p % 3 != 2:
+            m.page(p, mapcount=BUDDY_61, private=2 if p % 5 else 1)
+    m.page(20950, mapcount=BUDDY_61, private=3)
+    mem, info = m.build()
+    results = filter_levels(kernel_memory(mem, info), filter_keys(info),
+                            pfn_ranges(mem.ranges()), (16, 31))
+    for level in (16, 31):
+        bm, counts = reference_filter(m, level)
+        assert results[level].bitmap2.tobytes() == bytes(bm)
+        assert results[level].counts == counts
+    bits = np.unpackbits(results[31].bitmap2, bitorder="little")
+    assert 0 < int(bits[20000:20900].sum()) < 300  # some pfns between the visited ranges
+
+
+def test_synthetic_61_levels_in_one_pass_equal_single_runs(m61):
+    mem, info = m61.build()
+    kmem, keys = kernel_memory(mem, info), filter_keys(info)
+    present = pfn_ranges(mem.ranges())
+    levels = list(range(32))
+    together = filter_levels(kmem, keys, present, levels, want_classes=True)
+    for level in levels:
+        alone = filter_pages(kmem, keys, present, level, want_classes=True)
+        both = together[level]
+        assert np.array_equal(both.bitmap2, alone.bitmap2), level
+        assert np.array_equal(both.classes, alone.classes), level
+        assert (both.counts, both.bad_buddy_orders, both.walked) == \
+            (alone.counts, alone.bad_buddy_orders, alone.walked)
+
+
+def test_synthetic_61_fragmented_present_memory(m61):
+    """500 small holes (as in a filtered input) where no candidate lies: the same exclusions,
+    judged in shared blocks."""
+    mem, info = m61.build()
+    kmem, keys = kernel_memory(mem, info), filter_keys(info)
+    whole = pfn_ranges(mem.ranges())
+    holes = [(9000 + 32 * k, 9000 + 32 * k + 16) for k in range(500)]
+    frag: list[tuple[int, int]] = []
+    for s, e in whole:
+        pos = s
+        for hs, he in holes:
+            if s <= hs < e:
+                frag.append((pos, hs))
+                pos = he
+        frag.append((pos, e))
+    full = filter_pages(kmem, keys, whole, 31)
+    part = filter_pages(kmem, keys, frag, 31)
+    assert part.present == full.present - 500 * 16
+    assert np.array_equal(part.bitmap2, full.bitmap2 & part.bitmap1)
+    assert part.counts == full.counts
 
 
 def test_synthetic_61_single_levels(m61):
@@ -253,8 +348,8 @@ def test_synthetic_61_single_levels(m61):
     assert kept(r8, [300, 301, 512, 1023, 2556, 2559]) == [False, True, False, False, False,
                                                             True]
     r16 = run(m61, 16)
-    assert kept(r16, [104, 111, 112, 200, 3004, 3008, 3035]) == [False, False, True, True,
-                                                                  False, True, True]
+    assert kept(r16, [104, 111, 112, 200, 3004, 3008, 3020, 3035]) == [
+        False, False, True, True, False, True, True, True]
     r1 = run(m61, 1)  # no walk: offline pages stay
     assert not r1.walked and r1.dumpable == r1.present
 
@@ -262,8 +357,8 @@ def test_synthetic_61_single_levels(m61):
 def test_synthetic_61_level2_counts(m61):
     r = run(m61, 2)
     # cache non-private: 256 (4), 303, 3002 and 200 (no buddy branch at level 2: they are
-    # judged as LRU pages), 65537; 4001 is a tail: skipped
-    assert r.counts["NON_PRI_CACHE"] == 4 + 1 + 1 + 1 + 1
+    # judged as LRU pages), 3020, 65537; 4001 is a tail: skipped
+    assert r.counts["NON_PRI_CACHE"] == 4 + 1 + 1 + 1 + 1 + 1
     assert r.counts["OFFLINE"] == 1
 
 
@@ -327,6 +422,13 @@ def test_invalid_values_are_typed_errors():
         filter_keys(VmcoreInfo("OSRELEASE=6.1\n"))
 
 
+def test_needed_keys_per_level():
+    assert needed_keys(0) == needed_keys(1) == []
+    assert "OFFSET(page.private)" not in needed_keys(8)
+    assert {"SYMBOL(mem_section)", "OFFSET(page._mapcount)", "OFFSET(page.private)",
+            "NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)"} <= set(needed_keys(31))
+
+
 def test_missing_keys_name_the_key_and_the_fallback():
     m = PageMachine("6.1", drop_keys=("OFFSET(page.private)",))
     keys = filter_keys(m.build()[1])
@@ -379,6 +481,24 @@ def test_section_without_mem_map_is_skipped():
     smap = walk_sections(kernel_memory(mem, info), filter_keys(info), pfn_ranges(mem.ranges()))
     # max_mapnr is capped at the last section with a mem_map (get_mem_map)
     assert [s.nr for s in smap.sections] == [0] and smap.max_mapnr == SECTION_PAGES
+
+
+def test_sections_past_the_kernels_limits_are_not_read():
+    """Present memory beyond NR_MEM_SECTIONS (2^(MAX_PHYSMEM_BITS - SECTION_SIZE_BITS)) has no
+    section: it is not read, and max_mapnr is capped at the end of the last section with a
+    mem_map (get_mem_map: the section's end, not the end of its present memory)."""
+    m = PageMachine("6.1")
+    m.page(104, mapcount=BUDDY_61, private=3)
+    mem, info = m.build()
+    text = info.text.replace("NUMBER(MAX_PHYSMEM_BITS)=46", "NUMBER(MAX_PHYSMEM_BITS)=29")
+    text = text.replace("LENGTH(mem_section)=1024", "LENGTH(mem_section)=1")
+    info = VmcoreInfo(text)
+    keys = filter_keys(info)
+    assert keys.nr_mem_sections == 2
+    present = pfn_ranges(mem.ranges()) + [(5 * SECTION_PAGES, 5 * SECTION_PAGES + 16)]
+    smap = walk_sections(kernel_memory(mem, info), keys, present)
+    assert [s.nr for s in smap.sections] == [0, 1] and smap.max_mapnr == 2 * SECTION_PAGES
+    assert "first: section 5" in smap.warnings[0]
 
 
 def test_absent_vmemmap_page_keeps_its_pages():

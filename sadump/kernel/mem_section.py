@@ -323,27 +323,31 @@ def walk_runs(keys: FilterKeys, level: int) -> bool:
                 or (level & DL_FREE and keys.page_is_buddy))
 
 
-def _missing(keys: FilterKeys, level: int) -> list[str]:
-    missing: list[str] = []
+#: keys every filtering level (any of 2|4|8|16) needs, with the FilterKeys field of each
+WALK_KEYS = (("SYMBOL(mem_section)", "mem_section"), ("SIZE(mem_section)", "size_mem_section"),
+             ("OFFSET(mem_section.section_mem_map)", "off_section_mem_map"),
+             ("SIZE(page)", "size_page"), ("OFFSET(page.flags)", "off_flags"),
+             ("OFFSET(page._refcount)", "off_refcount"), ("OFFSET(page.mapping)", "off_mapping"),
+             ("OFFSET(page._mapcount)", "off_mapcount"),
+             ("OFFSET(page.compound_head)", "off_compound_head"))
+#: and level bit 16 (free pages by the buddy marker; the free-list walk is not done)
+FREE_KEYS = (("OFFSET(page.private)", "off_private"),
+             ("NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)", "buddy_mapcount"))
+
+
+def needed_keys(level: int) -> list[str]:
+    """The VMCOREINFO keys that `level` needs (spec 9.5), besides PAGESIZE and OSRELEASE
+    (always) and SYMBOL(swapper_pg_dir) (to reach the vmemmap through the page tables).
+    Levels 0 and 1 read no struct page. NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE) has a default for
+    kernels from 2.6.38 on; page.compound_head may be page.compound_info (Linux 7.1+)."""
     if not level & (DL_CACHE | DL_CACHE_PRI | DL_USER | DL_FREE):
-        return missing  # level 0/1: no struct page is read
-    for name, value in (("SYMBOL(mem_section)", keys.mem_section),
-                        ("SIZE(mem_section)", keys.size_mem_section),
-                        ("OFFSET(mem_section.section_mem_map)", keys.off_section_mem_map),
-                        ("SIZE(page)", keys.size_page), ("OFFSET(page.flags)", keys.off_flags),
-                        ("OFFSET(page._refcount)", keys.off_refcount),
-                        ("OFFSET(page.mapping)", keys.off_mapping),
-                        ("OFFSET(page._mapcount)", keys.off_mapcount),
-                        ("OFFSET(page.compound_head)", keys.off_compound_head)):
-        if value is None:
-            missing.append(name)
-    if level & DL_FREE:
-        # without page_is_buddy makedumpfile walks the free lists instead (spec 4.4): not done
-        if keys.off_private is None:
-            missing.append("OFFSET(page.private)")
-        if keys.buddy_mapcount is None:
-            missing.append("NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)")
-    return missing
+        return []
+    return [k for k, _ in WALK_KEYS + (FREE_KEYS if level & DL_FREE else ())]
+
+
+def _missing(keys: FilterKeys, level: int) -> list[str]:
+    fields = dict(WALK_KEYS + FREE_KEYS)
+    return [k for k in needed_keys(level) if getattr(keys, fields[k]) is None]
 
 
 def allowed_level(keys: FilterKeys, level: int) -> int:
@@ -448,6 +452,13 @@ def walk_sections(kmem, keys: FilterKeys, present: list[tuple[int, int]]) -> Sec
     numbers = list(_section_numbers(present, pps, max_mapnr))
     per_root = keys.sections_per_root
     extreme = keys.sparsemem_extreme
+    # a section past NR_MEM_SECTIONS, or whose root (array entry) lies past LENGTH(mem_section),
+    # does not exist in the kernel: it has no mem_map (and nothing is read for it)
+    length = keys.length_mem_section
+    beyond = [nr for nr in numbers if nr >= keys.nr_mem_sections
+              or (length is not None and nr // per_root >= length)]
+    if beyond:
+        numbers = [nr for nr in numbers if nr not in set(beyond)]
 
     def u64(vaddr: int) -> int | None:
         try:
@@ -484,14 +495,15 @@ def walk_sections(kmem, keys: FilterKeys, present: list[tuple[int, int]]) -> Sec
             how = "pointer"
     if not maps:
         raise MemSectionError(
-            f"no memory section of the {len(numbers)} that present memory needs has a mem_map "
+            f"no memory section of the {len(numbers) + len(beyond)} that present memory needs "
+            "has a mem_map "
             f"(mem_section at {keys.mem_section:#x}): the struct pages cannot be found")
     top = max(min((nr + 1) * pps, max_mapnr) for nr in maps)
     max_mapnr = min(max_mapnr, top)
     sections = [Section(nr, maps[nr], nr * pps, min((nr + 1) * pps, max_mapnr))
                 for nr in numbers if nr in maps and nr * pps < max_mapnr]
     smap = SectionMap(pps, max_mapnr, sections, how)
-    missing = [nr for nr in numbers if nr not in maps]
+    missing = sorted(beyond + [nr for nr in numbers if nr not in maps])
     if missing:
         smap.warnings.append(f"{len(missing)} memory section(s) with present memory have no "
                              f"mem_map (first: section {missing[0]}); their pages are kept")

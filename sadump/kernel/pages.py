@@ -28,6 +28,8 @@ Memory: the two packed bitmaps (max_mapnr / 8 bytes each, the output itself) plu
 
 from __future__ import annotations
 
+import bisect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,6 +50,7 @@ from sadump.kernel.mem_section import (
     walk_runs,
     walk_sections,
 )
+from sadump.kernel.translate import TranslationError
 
 #: pfns judged per block: 4 MiB of 64-byte struct pages; a multiple of makedumpfile's 512-page
 #: struct page cache (PGMM_CACHED) that divides a 65536-page section
@@ -138,6 +141,56 @@ def count_zero_pages(memory, bitmap: np.ndarray, max_mapnr: int) -> int:
 
 
 # ---- reading struct pages ---------------------------------------------------------------------
+SEGMENT = 1 << 20
+
+
+def _phys_runs(kmem, vaddr: int, size: int) -> list[tuple[int, int]]:
+    """(physical, length) pieces of kernel virtual [vaddr, vaddr + size), merged where
+    contiguous; TranslationError (a SadumpError) at an unmapped page.
+
+    Same result as KernelMemory.runs(); for page-table-mapped memory (the vmemmap) it takes
+    each 1 MiB segment's page table from KernelMemory's segment cache and turns its 256 PTEs
+    into runs with numpy, instead of one Python step per 4 KiB page."""
+    segment, layout = getattr(kmem, "_segment", None), getattr(kmem, "layout", None)
+    if segment is None or layout is None:
+        return [(p, n) for _, p, n in kmem.runs(vaddr, size)]
+    out: list[list[int]] = []
+
+    def add(paddr: int, n: int) -> None:
+        if out and out[-1][0] + out[-1][1] == paddr:
+            out[-1][1] += n
+        else:
+            out.append([paddr, n])
+
+    v, end = vaddr, vaddr + size
+    while v < end:
+        seg_end = min(end, (v | (SEGMENT - 1)) + 1)
+        if layout.linear(v) is not None or layout.linear_end(v) < seg_end:
+            for _, p, n in kmem.runs(v, seg_end - v):
+                add(p, n)
+            v = seg_end
+            continue
+        kind, value = segment(v)
+        if kind == "frame":
+            add(value | (v & (SEGMENT - 1)), seg_end - v)
+            v = seg_end
+            continue
+        first, last = (v >> PAGE_SHIFT) & 0xFF, ((seg_end - 1) >> PAGE_SHIFT) & 0xFF
+        ptes = np.array(value[first:last + 1], dtype=np.uint64)
+        if (ptes & np.uint64(0x400)).any():
+            bad = v - v % PAGE_SIZE + int(np.flatnonzero(ptes & np.uint64(0x400))[0]) * PAGE_SIZE
+            raise TranslationError(f"virtual {max(bad, v):#x} is not mapped (invalid "
+                                   "page-table entry)")
+        frames = ptes & np.uint64(~0xFFF & U64)
+        cuts = np.flatnonzero(np.diff(frames.astype(np.int64)) != PAGE_SIZE) + 1
+        base = v - v % PAGE_SIZE
+        for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [frames.size]))):
+            gs, ge = max(v, base + int(a) * PAGE_SIZE), min(seg_end, base + int(b) * PAGE_SIZE)
+            add(int(frames[a]) + (gs & (PAGE_SIZE - 1)), ge - gs)
+        v = seg_end
+    return [(p, n) for p, n in out]
+
+
 def read_struct_pages(kmem, vaddr: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """count struct pages of `size` bytes at kernel virtual vaddr: a (count, size) uint8 array
     (zeros where unreadable) and one bool per struct page, True when all its bytes were read.
@@ -147,7 +200,11 @@ def read_struct_pages(kmem, vaddr: int, count: int, size: int) -> tuple[np.ndarr
     memory = kmem.memory
     try:
         pos = 0
-        for _, paddr, n in kmem.runs(vaddr, total):
+        runs = _phys_runs(kmem, vaddr, total)
+        if len(runs) == 1:  # no copy: the reader's bytes as they are
+            data = np.frombuffer(memory.read(*runs[0]), dtype=np.uint8)
+            return data.reshape(count, size), np.ones(count, dtype=bool)
+        for paddr, n in runs:
             buf[pos:pos + n] = np.frombuffer(memory.read(paddr, n), dtype=np.uint8)
             pos += n
         return buf.reshape(count, size), np.ones(count, dtype=bool)
@@ -177,112 +234,244 @@ def _field(raw: np.ndarray, off: int, width: int) -> np.ndarray:
     return cols.view(f">u{width}").reshape(-1).astype(np.uint64)
 
 
+class _Records:
+    """Fields of a block of struct pages (raw: (rows, SIZE(page)) bytes, big-endian).
+
+    Tests over every row (a flag bit, a mapcount value) need no byte swap: when SIZE(page) is
+    a multiple of 8 (every 64-bit kernel) they run on the native-order u64 view of the bytes
+    with the constant swapped instead. Numeric values (orders, buddy orders) are read, swapped,
+    only for the few rows that need them."""
+
+    def __init__(self, raw: np.ndarray, n: int):
+        self.raw, self.n = raw, n
+        self.fast = raw.shape[1] % 8 == 0
+        if self.fast:
+            self.native = raw.view(np.uint64)  # the big-endian words as this host reads them
+            self.be = raw.view(">u8")
+            self._cols: dict[int, np.ndarray] = {}
+
+    def _col(self, k: int) -> np.ndarray:
+        """Word k of every row, contiguous (one pass over the block; the tests that follow
+        then run on a small array)."""
+        col = self._cols.get(k)
+        if col is None:
+            col = self._cols[k] = np.ascontiguousarray(self.native[:self.n, k])
+        return col
+
+    @staticmethod
+    def _enc(value: int) -> np.uint64:
+        """A big-endian word's value as the native view sees its bytes."""
+        return np.uint64(int.from_bytes((value & U64).to_bytes(8, "big"), sys.byteorder))
+
+    def _word(self, off: int, width: int) -> tuple[int, int] | None:
+        if self.fast and off % 8 + width <= 8:
+            return off // 8, 8 * (8 - off % 8 - width)  # word, shift of the field in it
+        return None
+
+    def test(self, off: int, width: int, mask: int) -> np.ndarray:
+        """field & mask != 0, for every row."""
+        mask &= (1 << 8 * width) - 1
+        w = self._word(off, width)
+        if w is None:
+            return (self.field(off, width, slice(0, self.n)) & np.uint64(mask)) != 0
+        return (self._col(w[0]) & self._enc(mask << w[1])) != 0
+
+    def equals(self, off: int, width: int, value: int) -> np.ndarray:
+        """field == value (as an unsigned field of that width), for every row."""
+        value &= (1 << 8 * width) - 1
+        w = self._word(off, width)
+        if w is None:
+            return self.field(off, width, slice(0, self.n)) == np.uint64(value)
+        col = self._col(w[0])
+        if width < 8:
+            col = col & self._enc(((1 << 8 * width) - 1) << w[1])
+        return col == self._enc(value << w[1])
+
+    def field(self, off: int, width: int, rows) -> np.ndarray:
+        """The unsigned values of a field for some rows, as native uint64."""
+        w = self._word(off, width)
+        if w is None:
+            return _field(self.raw[rows], off, width)
+        v = self.be[rows, w[0]].astype(np.uint64)
+        if w[1]:
+            v >>= np.uint64(w[1])
+        return v & np.uint64((1 << 8 * width) - 1) if width < 8 else v
+
+
 # ---- judging one block -----------------------------------------------------------------------
-def _test_bit(flags: np.ndarray, nr: int) -> np.ndarray:
-    """makedumpfile's test_bit: an int mask 1 << (nr & 31); bit 31 sign-extends over 31..63."""
-    nr &= 31
-    mask = 0xFFFFFFFF80000000 if nr == 31 else 1 << nr
-    return (flags & np.uint64(mask)) != 0
+@dataclass
+class Judged:
+    """The pages of a block that a branch of spec 0 excludes (sparse, ascending)."""
+
+    index: np.ndarray  # row in the block
+    cls: np.ndarray  # exclusion class
+    order: np.ndarray  # the range is [pfn, pfn + 2^order)
+    bad_order: np.ndarray  # rows of buddy heads with an invalid order (kept)
+
+
+@dataclass
+class Predicates:
+    """Spec 0's tests for every page of a block, independent of the dump level."""
+
+    tail: np.ndarray
+    anon: np.ndarray
+    hugetlb: np.ndarray
+    cache: np.ndarray  # isCache && !isAnon
+    private: np.ndarray  # PG_private
+    hwpoison: np.ndarray | None
+    offline: np.ndarray | None  # OFFLINE && !isSlab
+    order: np.ndarray  # compound order (0 unless a valid head)
+    unaccepted: np.ndarray | None
+    buddy: np.ndarray | None  # rows: buddy heads (not tails, not slab)
+    buddy_bad: np.ndarray | None  # per buddy row: order >= LENGTH(zone.free_area)
+    buddy_order: np.ndarray | None  # per buddy row
+    unaccepted_order: int = 0
+
+
+def predicates(raw: np.ndarray, pfn0: int, keys: FilterKeys, has_next: bool = False,
+               free: bool = True) -> Predicates:
+    """Spec 0's tests for the struct pages raw (n, SIZE(page)) of pfns pfn0 .. pfn0+n-1, all at
+    once; raw[n-1]'s first tail is raw[n] when has_next (raw then holds n+1 records). free:
+    also the buddy tests (level bit 16)."""
+    n = raw.shape[0] - (1 if has_next else 0)
+    recs = _Records(raw, n)
+    false = np.zeros(n, bool)
+
+    def flag(nr: int) -> np.ndarray:
+        """makedumpfile's test_bit: an int mask 1 << (nr & 31); bit 31 sign-extends."""
+        nr &= 31
+        return recs.test(keys.off_flags, 8, 0xFFFFFFFF80000000 if nr == 31 else 1 << nr)
+
+    def mc(value: int) -> np.ndarray:
+        if keys.off_mapcount is None:  # makedumpfile's _mapcount stays 0
+            return false | (value & 0xFFFFFFFF == 0)
+        return recs.equals(keys.off_mapcount, 4, value)
+
+    slab = recs.test(keys.off_flags, 8, 1 << (keys.pg_slab & 63))
+    if keys.slab_mapcount is not None:
+        slab |= mc(keys.slab_mapcount)
+    tail = recs.test(keys.off_compound_head, 8, 1) if keys.off_compound_head is not None \
+        else false
+
+    # compound heads (spec 4.2): order and hugetlb from the first tail, for the few heads
+    hidx = np.flatnonzero(recs.test(keys.off_flags, 8, keys.pg_head_mask) & ~tail)
+    hidx = hidx[((pfn0 + hidx) % PGMM_CACHED != PGMM_CACHED - 1)
+                & (has_next | (hidx < n - 1))]
+    order = np.zeros(n, np.int64)
+    hugetlb = np.zeros(n, bool)
+    hpd = keys.hugetlb_page_dtor
+    if hpd is not None and hpd & U64 == 0:
+        hugetlb[:] = True  # isHugetlb(0): every page that is not a head has dtor 0
+    if hidx.size:
+        nxt = hidx + 1
+        if keys.hugetlb_mapcount is not None or keys.pg_hugetlb is not None:
+            flags1 = recs.field(keys.off_flags, 8, nxt)
+            horder = flags1 & np.uint64(0xFF)
+            if keys.hugetlb_mapcount is not None:
+                huge = mc(keys.hugetlb_mapcount)[hidx]
+            else:
+                huge = (flags1 >> np.uint64(keys.pg_hugetlb & 63)) & np.uint64(1) != 0
+            dtor = np.where(huge, np.uint64(IS_HUGETLB), np.uint64(0))
+        else:
+            width = 1 if keys.version >= (4, 16, 0) else 2 if keys.version >= (4, 4, 0) else 8
+            horder = recs.field(keys.compound_order_offset, width, nxt) \
+                if keys.compound_order_offset else np.zeros(hidx.size, np.uint64)
+            dtor = recs.field(keys.compound_dtor_offset, width, nxt) \
+                if keys.compound_dtor_offset else np.zeros(hidx.size, np.uint64)
+        # check_order: an order >= 64, or a head not aligned to its order, is order 0
+        o = np.where(horder >= np.uint64(64), 0, horder).astype(np.int64)
+        o = np.where(((pfn0 + hidx) & ((np.int64(1) << np.minimum(o, 62)) - 1)) != 0, 0, o)
+        order[hidx] = o
+        h = dtor == np.uint64(IS_HUGETLB)
+        if hpd is not None:
+            h |= dtor == np.uint64(hpd & U64)
+        if keys.free_huge_page is not None:
+            h |= dtor == np.uint64(keys.free_huge_page)
+        hugetlb[hidx] = h
+
+    anon = recs.test(keys.off_mapping, 8, 1) & ~slab
+    swapcache = flag(keys.pg_swapcache)
+    if keys.pg_swapbacked is not None:
+        swapcache &= flag(keys.pg_swapbacked)
+    p = Predicates(
+        tail=tail, anon=anon, hugetlb=hugetlb,
+        cache=(flag(keys.pg_lru) | swapcache) & ~anon, private=flag(keys.pg_private),
+        hwpoison=flag(keys.pg_hwpoison) if keys.pg_hwpoison is not None else None,
+        offline=mc(keys.offline_mapcount) & ~slab if keys.offline_mapcount is not None
+        else None,
+        order=order, unaccepted=None, buddy=None, buddy_bad=None, buddy_order=None)
+    if free and keys.page_is_buddy:
+        fal = keys.free_area_length
+        if keys.unaccepted_mapcount is not None:
+            p.unaccepted = mc(keys.unaccepted_mapcount)
+            p.unaccepted_order = min(max((fal or 1) - 1, 0), 62)
+        p.buddy = np.flatnonzero(mc(keys.buddy_mapcount) & ~slab & ~tail)
+        private = recs.field(keys.off_private, 8, p.buddy)
+        # an order >= LENGTH(zone.free_area) keeps the page outright; 1 << private is an int
+        # shift in makedumpfile, so an order >= 63 (only without LENGTH) is kept here too
+        p.buddy_bad = private >= np.uint64(63)
+        if fal is not None:
+            p.buddy_bad |= private >= np.uint64(fal & U64)
+        p.buddy_order = np.where(p.buddy_bad, 0, private).astype(np.int64)
+    return p
+
+
+def classify(p: Predicates, level: int) -> Judged:
+    """The first matching branch of spec 0 at `level`, for every page of a block."""
+    cls = np.zeros(p.tail.size, np.uint8)  # from the last branch to the first: the first wins
+    order = p.order
+    if p.offline is not None:
+        cls[p.offline] = OFFLINE
+    if p.hwpoison is not None:
+        cls[p.hwpoison] = HWPOISON
+    if level & DL_USER:
+        cls[p.anon | p.hugetlb] = USER
+    if level & DL_CACHE_PRI:
+        cls[p.cache & p.private] = CACHE_PRI
+    if level & (DL_CACHE | DL_CACHE_PRI):
+        cls[p.cache & ~p.private] = CACHE
+    bad_rows = np.zeros(0, np.int64)
+    if level & DL_FREE and p.buddy is not None:
+        order = order.copy()
+        if p.unaccepted is not None:
+            cls[p.unaccepted] = FREE
+            order[p.unaccepted] = p.unaccepted_order
+        cls[p.buddy] = np.where(p.buddy_bad, KEEP, FREE)
+        order[p.buddy] = p.buddy_order
+        bad_rows = p.buddy[p.buddy_bad]
+    cls[p.tail] = KEEP
+    index = np.flatnonzero(cls)
+    return Judged(index, cls[index], order[index], bad_rows)
 
 
 def judge(raw: np.ndarray, pfn0: int, keys: FilterKeys, level: int,
-          has_next: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Spec 0 for the struct pages raw (n, SIZE(page)) of pfns pfn0 .. pfn0+n-1.
+          has_next: bool = False) -> Judged:
+    """Spec 0 for the struct pages raw (n, SIZE(page)) of pfns pfn0 .. pfn0+n-1 at `level`:
+    the pages a branch excludes, with their class and order. Tails, kept pages and buddy
+    pages with a bad order are not among them."""
+    return classify(predicates(raw, pfn0, keys, has_next, bool(level & DL_FREE)), level)
 
-    Returns (class per page: KEEP or an exclusion class, order per page: the range to exclude
-    is [pfn, pfn + 2^order)). Tails, kept pages and pages with a bad buddy order are KEEP.
-    raw[n-1]'s first tail is raw[n] when has_next (raw then holds n+1 records)."""
-    n = raw.shape[0] - (1 if has_next else 0)
-    rec = raw[:n]
-    flags = _field(rec, keys.off_flags, 8)
-    mapping = _field(rec, keys.off_mapping, 8)
-    mapcount = _field(rec, keys.off_mapcount, 4) if keys.off_mapcount is not None else \
-        np.zeros(n, np.uint64)
-    private = _field(rec, keys.off_private, 8) if keys.off_private is not None else \
-        np.zeros(n, np.uint64)
-    chead = _field(rec, keys.off_compound_head, 8) if keys.off_compound_head is not None else \
-        np.zeros(n, np.uint64)
-    pfns = np.arange(pfn0, pfn0 + n, dtype=np.int64)
 
-    def mc(value: int | None) -> np.ndarray | None:
-        return None if value is None else mapcount == np.uint64(value & 0xFFFFFFFF)
+#: undecided candidates above which _visited follows the chain by pointer doubling
+CHAIN_MIN = 64
 
-    slab = ((flags >> np.uint64(keys.pg_slab & 63)) & np.uint64(1)) != 0
-    if keys.slab_mapcount is not None:
-        slab |= mc(keys.slab_mapcount)
-    anon = ((mapping & np.uint64(1)) != 0) & ~slab
-    cache = _test_bit(flags, keys.pg_lru)
-    swapcache = _test_bit(flags, keys.pg_swapcache)
-    if keys.pg_swapbacked is not None:
-        swapcache &= _test_bit(flags, keys.pg_swapbacked)
-    cache |= swapcache
-    private_flag = _test_bit(flags, keys.pg_private)
 
-    # compound heads: order and hugetlb from the first tail (compound_info, spec 4.2)
-    head = (flags & np.uint64(keys.pg_head_mask)) != 0
-    head &= (pfns % PGMM_CACHED) != PGMM_CACHED - 1
-    if not has_next:
-        head[-1:] = False  # its first tail is not in this block (the block ends early)
-    order = np.zeros(n, np.uint64)
-    dtor = np.zeros(n, np.uint64)
-    if head.any():
-        nxt = raw[1:n + 1] if has_next else np.concatenate((raw[1:n], raw[:1]))
-        if keys.hugetlb_mapcount is not None or keys.pg_hugetlb is not None:
-            flags1 = _field(nxt, keys.off_flags, 8)
-            order = np.where(head, flags1 & np.uint64(0xFF), 0).astype(np.uint64)
-            if keys.hugetlb_mapcount is not None:
-                huge = mc(keys.hugetlb_mapcount)
-            else:
-                huge = (flags1 >> np.uint64(keys.pg_hugetlb & 63)) & np.uint64(1) != 0
-            dtor = np.where(head & huge, np.uint64(IS_HUGETLB), np.uint64(0))
-        else:
-            width = 1 if keys.version >= (4, 16, 0) else 2 if keys.version >= (4, 4, 0) else 8
-            if keys.compound_order_offset:
-                order = np.where(head, _field(nxt, keys.compound_order_offset, width), 0)
-            if keys.compound_dtor_offset:
-                dtor = np.where(head, _field(nxt, keys.compound_dtor_offset, width), 0)
-            order = order.astype(np.uint64)
-            dtor = dtor.astype(np.uint64)
-        # check_order: an order >= 64 or a head not aligned to its order is order 0
-        bad = order >= np.uint64(64)
-        o = np.where(bad, 0, order).astype(np.int64)
-        bad |= (pfns & ((np.int64(1) << np.minimum(o, 62)) - 1)) != 0
-        order = np.where(bad, 0, o).astype(np.int64)
-    else:
-        order = order.astype(np.int64)
-    hugetlb = dtor == np.uint64(IS_HUGETLB)
-    if keys.hugetlb_page_dtor is not None:
-        hugetlb |= dtor == np.uint64(keys.hugetlb_page_dtor & U64)
-    if keys.free_huge_page is not None:
-        hugetlb |= dtor == np.uint64(keys.free_huge_page)
-
-    tail = (chead & np.uint64(1)) != 0
-    false = np.zeros(n, dtype=bool)
-    buddy = bad_order = unaccepted = false
-    buddy_order = np.zeros(n, np.int64)
-    if level & DL_FREE and keys.page_is_buddy:
-        buddy = mc(keys.buddy_mapcount) & ~slab
-        if keys.free_area_length is not None:
-            bad_order = buddy & (private >= np.uint64(keys.free_area_length & U64))
-        # 1 << private is an int shift in makedumpfile: an order >= 63 is kept here
-        bad_order = bad_order | (buddy & (private >= np.uint64(63)))
-        buddy_order = np.where(buddy & ~bad_order, private, 0).astype(np.int64)
-        if keys.unaccepted_mapcount is not None:
-            unaccepted = mc(keys.unaccepted_mapcount)
-    cache_np = (level & DL_CACHE != 0) & cache & ~private_flag & ~anon
-    cache_any = (level & DL_CACHE_PRI != 0) & cache & ~anon
-    user = (level & DL_USER != 0) & (anon | hugetlb)
-    hwpoison = _test_bit(flags, keys.pg_hwpoison) if keys.pg_hwpoison is not None else false
-    offline = mc(keys.offline_mapcount) & ~slab if keys.offline_mapcount is not None else false
-
-    cls = np.select(
-        [tail, buddy & bad_order, buddy, unaccepted, cache_np, cache_any, user, hwpoison, offline],
-        [KEEP, KEEP, FREE, FREE, CACHE, np.where(private_flag, CACHE_PRI, CACHE), USER,
-         HWPOISON, OFFLINE], KEEP).astype(np.uint8)
-    fal = keys.free_area_length
-    unacc_order = min(max((fal or 1) - 1, 0), 62)
-    orders = np.select([buddy & ~bad_order, unaccepted], [buddy_order, unacc_order], order)
-    return cls, np.where(cls == KEEP, 0, orders).astype(np.int64)
+def _chain(starts: np.ndarray, ends: np.ndarray, skip_until: int) -> np.ndarray:
+    """The walk as a chain: the first candidate at or past skip_until, then from each visited
+    one the first candidate at or past its end. Followed by pointer doubling: round k adds
+    the candidates 2^k .. 2^(k+1)-1 steps along, so about log2(n) vectorised rounds."""
+    n = starts.size
+    up = np.append(np.searchsorted(starts, ends, side="left"), n)  # n: the end, a sink
+    on = np.zeros(n + 1, bool)
+    on[np.searchsorted(starts, skip_until, side="left")] = True
+    count = 1
+    while True:
+        on[up[np.flatnonzero(on)]] = True
+        new = int(on.sum())
+        if new == count:
+            return on[:n]
+        count = new
+        up = up[up]
 
 
 def _visited(starts: np.ndarray, ends: np.ndarray, skip_until: int) -> np.ndarray:
@@ -301,8 +490,10 @@ def _visited(starts: np.ndarray, ends: np.ndarray, skip_until: int) -> np.ndarra
         sure_end[0] = skip_until
         np.maximum(np.maximum.accumulate(np.where(sure, ends, 0))[:-1], skip_until,
                    out=sure_end[1:])
-    visited = sure.copy()
     undecided = np.flatnonzero(~sure & (starts >= sure_end))
+    if undecided.size > CHAIN_MIN:
+        return _chain(starts, ends, skip_until)
+    visited = sure.copy()
     last = skip_until
     for i in undecided:  # only inside ranges of undecided candidates: bounded by the block
         i = int(i)
@@ -348,12 +539,164 @@ class Filtered:
                 "USER": c["USER"], "FREE": c["FREE"], "KERN_DATA": self.present - excluded}
 
 
-def _spans(present: list[tuple[int, int]], start: int, end: int):
-    """Present pfn spans inside [start, end), in order."""
-    for s, e in present:
+#: present spans of a section closer than this (pfns) are judged in the same blocks, so that
+#: a fragmented input (many small ranges) costs no more than a whole one
+JOIN_GAP = 8192
+
+
+def _groups(present: list[tuple[int, int]], starts: list[int], start: int, end: int):
+    """Present pfn spans inside [start, end), grouped where the gaps are short: yields
+    (group start, group end, spans)."""
+    i = max(bisect.bisect_right(starts, start) - 1, 0)
+    group: list[tuple[int, int]] = []
+    for s, e in present[i:]:
+        if s >= end:
+            break
         s, e = max(s, start), min(e, end)
-        if s < e:
-            yield s, e
+        if s >= e:
+            continue
+        if group and s - group[-1][1] > JOIN_GAP:
+            yield group[0][0], group[-1][1], group
+            group = []
+        group.append((s, e))
+    if group:
+        yield group[0][0], group[-1][1], group
+
+
+def _present_mask(spans: list[tuple[int, int]], b0: int, b1: int) -> np.ndarray:
+    mask = np.zeros(b1 - b0, bool)
+    for s, e in spans:
+        if s < b1 and e > b0:
+            mask[max(s, b0) - b0:min(e, b1) - b0] = True
+    return mask
+
+
+class _LevelWalk:
+    """makedumpfile's walk at one level: the 2nd bitmap, the counters, where to resume."""
+
+    def __init__(self, result: Filtered, classes: np.ndarray | None):
+        self.result = result
+        self.bm2 = result.bitmap2
+        self.classes = classes
+        self.tally = np.zeros(7, np.int64)
+        self.skip_until = 0
+
+    def block(self, j: Judged, b0: int, b1: int, pfns: np.ndarray, here: np.ndarray,
+              examined: np.ndarray) -> None:
+        """Apply one block's judgement: visit the candidate ranges in walk order, clear their
+        bits (a range past the block clears on at once, up to max_mapnr), count them."""
+        take = examined[j.index]
+        cand, ccls, corder = j.index[take], j.cls[take], j.order[take]
+        self.result.bad_buddy_orders += int(examined[j.bad_order].sum())
+        if not cand.size:
+            return
+        max_mapnr, classes = self.result.max_mapnr, self.classes
+        starts = cand + b0
+        ends = np.minimum(starts + (np.int64(1) << np.minimum(corder, 62)), max_mapnr)
+        vis = _visited(starts, ends, self.skip_until)
+        s, e, c = starts[vis], ends[vis], ccls[vis]
+        np.add.at(self.tally, c, e - s)
+        self.skip_until = max(self.skip_until, int(e[-1]))
+        # the visited ranges are disjoint and ascending: mark them with a running sum
+        edge = np.zeros(b1 - b0 + 1, np.int8)
+        edge[s - b0] += 1
+        edge[np.minimum(e, b1) - b0] -= 1
+        inside = np.cumsum(edge[:-1], dtype=np.int8) > 0
+        seg = self.bm2[b0 >> 3:bitmap_bytes(b1)]  # b0 is a multiple of 8
+        bits = np.unpackbits(seg, bitorder="little")
+        bits[:b1 - b0][inside] = 0
+        seg[:] = np.packbits(bits, bitorder="little")
+        if classes is not None:
+            mark = inside & here  # holes stay NOT_EXAMINED
+            idx = np.searchsorted(s, pfns[mark], side="right") - 1
+            classes[b0:b1][mark] = c[idx]
+        if int(e[-1]) > b1:
+            set_bits(self.bm2, b1, int(e[-1]), False)
+            if classes is not None:
+                tail = classes[b1:int(e[-1])]
+                tail[tail != NOT_EXAMINED] = c[-1]
+
+    def finish(self) -> None:
+        r = self.result
+        for i in range(1, 7):
+            r.counts[CLASS_NAMES[i]] = int(self.tally[i])
+        if r.unreadable:
+            r.warnings.append(f"{r.unreadable} present pages have struct pages that are not in "
+                              "the image or not mapped: they are kept")
+        if r.bad_buddy_orders:
+            r.warnings.append(f"{r.bad_buddy_orders} free pages with an invalid order are kept "
+                              "(makedumpfile: Invalid free page order)")
+
+
+def filter_levels(kmem, keys: FilterKeys, present: list[tuple[int, int]], levels,
+                  sections: SectionMap | None = None, want_classes: bool = False,
+                  progress: Callable[[int], None] | None = None) -> dict[int, Filtered]:
+    """filter_pages() for several levels at once: each block of struct pages is read and
+    tested once, then classified per level (for `info`'s "what each level writes")."""
+    levels = list(dict.fromkeys(levels))
+    for level in levels:
+        check_level(keys, level)
+    walking = [level for level in levels if walk_runs(keys, level)]
+    if sections is None and (walking or keys.mem_section is not None):
+        try:
+            sections = walk_sections(kmem, keys, present)
+        except SadumpError:
+            if walking:
+                raise
+            sections = None  # level 0/1: max_mapnr from the present memory alone
+    max_mapnr = sections.max_mapnr if sections is not None else \
+        max((e for _, e in present), default=0)
+    bm1 = bitmap_from_ranges(present, max_mapnr)
+    n_present = count_bits(bm1)
+    results: dict[int, Filtered] = {}
+    walks: dict[int, _LevelWalk] = {}
+    for level in levels:
+        r = Filtered(level, max_mapnr, bm1, bm1.copy(), dict.fromkeys(CLASS_NAMES.values(), 0),
+                     n_present, walked=level in walking, sections=sections,
+                     warnings=list(sections.warnings) if sections is not None else [])
+        classes = None
+        if want_classes:
+            classes = np.full(max_mapnr, NOT_EXAMINED, np.uint8)
+            for s, e in present:
+                classes[s:min(e, max_mapnr)] = KEEP
+            r.classes = classes
+        results[level] = r
+        if level in walking:
+            walks[level] = _LevelWalk(r, classes)
+    if not walks:
+        return results
+    size = keys.size_page
+    free = any(level & DL_FREE for level in walks)
+    starts_of = [s for s, _ in present]
+    for sec in sections.sections:
+        for w in walks.values():
+            w.skip_until = sec.start_pfn  # each section is its own call in makedumpfile
+        for span_s, span_e, spans in _groups(present, starts_of, sec.start_pfn, sec.end_pfn):
+            b0 = span_s - span_s % PGMM_CACHED
+            while b0 < span_e:
+                b1 = min(b0 - b0 % BLOCK + BLOCK, span_e)
+                # one extra struct page: the first tail of a head at b1 - 1
+                extra = 1 if b1 < sec.end_pfn and b1 % PGMM_CACHED else 0
+                raw, ok = read_struct_pages(kmem, sec.mem_map + (b0 - sec.start_pfn) * size,
+                                            b1 - b0 + extra, size)
+                if extra:
+                    ok = ok[:-1]
+                pred = predicates(raw, b0, keys, has_next=bool(extra), free=free)
+                pfns = np.arange(b0, b1, dtype=np.int64)
+                here = _present_mask(spans, b0, b1) if len(spans) > 1 else pfns >= span_s
+                examined = ok & here
+                unreadable = int((~ok & here).sum())
+                for level, w in walks.items():
+                    w.result.unreadable += unreadable
+                    if w.classes is not None and unreadable:
+                        w.classes[b0:b1][here & ~ok] = NOT_EXAMINED
+                    w.block(classify(pred, level), b0, b1, pfns, here, examined)
+                if progress is not None:
+                    progress(b1 - b0)
+                b0 = b1
+    for w in walks.values():
+        w.finish()
+    return results
 
 
 def filter_pages(kmem, keys: FilterKeys, present: list[tuple[int, int]], level: int,
@@ -367,107 +710,8 @@ def filter_pages(kmem, keys: FilterKeys, present: list[tuple[int, int]], level: 
     no section has a mem_map. Zero pages stay set (kdump-compressed semantics): count them
     with count_zero_pages() for --mem-usage or ELF output.
     """
-    check_level(keys, level)
-    walk = walk_runs(keys, level)
-    if sections is None and (walk or keys.mem_section is not None):
-        try:
-            sections = walk_sections(kmem, keys, present)
-        except SadumpError:
-            if walk:
-                raise
-            sections = None  # level 0/1: max_mapnr from the present memory alone
-    max_mapnr = sections.max_mapnr if sections is not None else \
-        max((e for _, e in present), default=0)
-    bm1 = bitmap_from_ranges(present, max_mapnr)
-    bm2 = bm1.copy()
-    counts = dict.fromkeys(CLASS_NAMES.values(), 0)
-    result = Filtered(level, max_mapnr, bm1, bm2, counts, count_bits(bm1), walked=walk,
-                      sections=sections)
-    if sections is not None:
-        result.warnings.extend(sections.warnings)
-    classes = None
-    if want_classes:
-        classes = np.full(max_mapnr, NOT_EXAMINED, np.uint8)
-        for s, e in present:
-            classes[s:min(e, max_mapnr)] = KEEP
-        result.classes = classes
-    if not walk:
-        return result
-    size = keys.size_page
-    tally = np.zeros(7, np.int64)
-    for sec in sections.sections:
-        skip_until = sec.start_pfn  # each section is its own call in makedumpfile
-        for span_s, span_e in _spans(present, sec.start_pfn, sec.end_pfn):
-            b0 = span_s - span_s % PGMM_CACHED
-            while b0 < span_e:
-                b1 = min(b0 - b0 % BLOCK + BLOCK, span_e)
-                # one extra struct page: the first tail of a head at b1 - 1
-                extra = 1 if b1 < sec.end_pfn and b1 % PGMM_CACHED else 0
-                raw, ok = read_struct_pages(kmem, sec.mem_map + (b0 - sec.start_pfn) * size,
-                                            b1 - b0 + extra, size)
-                if extra:
-                    ok = ok[:-1]
-                cls, order = judge(raw, b0, keys, level, has_next=bool(extra))
-                pfns = np.arange(b0, b1, dtype=np.int64)
-                examined = ok & (pfns >= span_s)
-                result.unreadable += int((~ok & (pfns >= span_s)).sum())
-                cand = np.flatnonzero(examined & (cls != KEEP))
-                if classes is not None:
-                    classes[b0:b1][(pfns >= span_s) & ~ok] = NOT_EXAMINED
-                if cand.size:
-                    starts = pfns[cand]
-                    ends = np.minimum(starts + (np.int64(1) << np.minimum(order[cand], 62)),
-                                      max_mapnr)
-                    vis = _visited(starts, ends, skip_until)
-                    s, e, c = starts[vis], ends[vis], cls[cand][vis]
-                    np.add.at(tally, c, e - s)
-                    if s.size:
-                        skip_until = max(skip_until, int(e[-1]))
-                    # clear the visited ranges inside this block, then any spill past it
-                    idx = np.searchsorted(s, pfns, side="right") - 1
-                    inside = (idx >= 0) & (pfns < e[np.maximum(idx, 0)])
-                    if inside.any():
-                        seg = bm2[b0 >> 3:bitmap_bytes(b1)]  # b0 is a multiple of 8
-                        bits = np.unpackbits(seg, bitorder="little")
-                        bits[:b1 - b0][inside] = 0
-                        seg[:] = np.packbits(bits, bitorder="little")
-                        if classes is not None:
-                            classes[b0:b1][inside] = c[idx[inside]]
-                    if e.size and int(e[-1]) > b1:
-                        set_bits(bm2, b1, int(e[-1]), False)
-                        if classes is not None:  # holes stay NOT_EXAMINED
-                            tail = classes[b1:int(e[-1])]
-                            tail[tail != NOT_EXAMINED] = c[-1]
-                result.bad_buddy_orders += _bad_orders(raw[:b1 - b0], keys, level, examined)
-                if progress is not None:
-                    progress(b1 - b0)
-                b0 = b1
-    for i in range(1, 7):
-        counts[CLASS_NAMES[i]] = int(tally[i])
-    if result.unreadable:
-        result.warnings.append(f"{result.unreadable} present pages have struct pages that are "
-                               "not in the image or not mapped: they are kept")
-    if result.bad_buddy_orders:
-        result.warnings.append(f"{result.bad_buddy_orders} free pages with an invalid order "
-                               "are kept (makedumpfile: Invalid free page order)")
-    return result
-
-
-def _bad_orders(raw: np.ndarray, keys: FilterKeys, level: int, examined: np.ndarray) -> int:
-    """How many examined, non-tail buddy heads have an order >= LENGTH(zone.free_area)."""
-    if not (level & DL_FREE and keys.page_is_buddy and keys.free_area_length is not None):
-        return 0
-    mapcount = _field(raw, keys.off_mapcount, 4)
-    flags = _field(raw, keys.off_flags, 8)
-    private = _field(raw, keys.off_private, 8)
-    slab = ((flags >> np.uint64(keys.pg_slab & 63)) & np.uint64(1)) != 0
-    if keys.slab_mapcount is not None:
-        slab |= mapcount == np.uint64(keys.slab_mapcount & 0xFFFFFFFF)
-    tail = np.zeros(raw.shape[0], bool) if keys.off_compound_head is None else \
-        (_field(raw, keys.off_compound_head, 8) & np.uint64(1)) != 0
-    bad = (mapcount == np.uint64(keys.buddy_mapcount & 0xFFFFFFFF)) & ~slab & ~tail & \
-        (private >= np.uint64(keys.free_area_length & U64)) & examined
-    return int(bad.sum())
+    return filter_levels(kmem, keys, present, [level], sections, want_classes,
+                         progress)[level]
 
 
 __all__ = [
@@ -477,10 +721,13 @@ __all__ = [
     "MEM_USAGE_NAMES",
     "Filtered",
     "bitmap_from_ranges",
+    "classify",
     "count_bits",
     "count_zero_pages",
+    "filter_levels",
     "filter_pages",
     "judge",
+    "predicates",
     "read_struct_pages",
     "set_bits",
     "zero_pages",
