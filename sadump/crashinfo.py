@@ -103,9 +103,6 @@ def crash_info(analysis: Analysis) -> CrashInfo:
 
 # ---- memory by class (makedumpfile --mem-usage) ----------------------------------------
 
-#: which classes each dump-level bit leaves out (bit 4 takes cache pages private or not)
-LEVEL_CLASSES = {1: ("ZERO",), 2: ("NON_PRI_CACHE",), 4: ("NON_PRI_CACHE", "PRI_CACHE"),
-                 8: ("USER",), 16: ("FREE",)}
 SHOWN_LEVELS = (0, 1, 2, 4, 8, 16, 31)
 
 
@@ -116,21 +113,17 @@ class MemoryClasses:
     pages: dict[str, int]  # ZERO, NON_PRI_CACHE, PRI_CACHE, USER, FREE, KERN_DATA
     present: int
     always_out: int  # hwpoison and offline pages: left out at every level that walks
-    levels: dict[int, int]  # dump level -> pages it writes (at most: see level_pages)
-
-
-def level_pages(pages: dict[str, int], present: int, always_out: int, level: int) -> int:
-    """Pages a level writes: the present ones less its classes. ZERO counts the zero pages
-    that level 31 keeps (as --mem-usage does), so below 31 this is an upper bound."""
-    out = {name for bit, names in LEVEL_CLASSES.items() if level & bit for name in names}
-    return present - sum(pages[n] for n in out) - (always_out if level & ~1 else 0)
+    #: dump level -> pages it writes: its 2nd bitmap less, with bit 1, the zero pages that
+    #: level 31 keeps (as --mem-usage counts ZERO): exact at 31 and without bit 1, an upper
+    #: bound below 31 with bit 1 (zero pages among the cache, user or free ones are not read)
+    levels: dict[int, int]
 
 
 def memory_classes(analysis: Analysis) -> tuple[MemoryClasses | None, str | None]:
     """Classify the crashed system's memory (the crashkernel left out) by the rules of
     makedumpfile -d 31; (None, why) when VMCOREINFO does not allow it."""
     from sadump.kernel.mem_section import FilterError, filter_keys, pfn_ranges
-    from sadump.kernel.pages import count_zero_pages, filter_pages
+    from sadump.kernel.pages import count_zero_pages, filter_levels
 
     info = analysis.vmcoreinfo.info
     if info is None:
@@ -138,14 +131,19 @@ def memory_classes(analysis: Analysis) -> tuple[MemoryClasses | None, str | None
     m = analysis.os_info
     leave_out = (m.crashkernel_addr, m.crashkernel_size) if m.valid else None
     present = pfn_ranges(analysis.memory.ranges(), leave_out)
+    from sadump.page_filter import check_bitmap_size
+
     try:
-        result = filter_pages(analysis.kernel_memory, filter_keys(info), present, 31)
+        check_bitmap_size(present)
+        results = filter_levels(analysis.kernel_memory, filter_keys(info), present,
+                                SHOWN_LEVELS)
     except FilterError as e:
         return None, str(e)
+    result = results[31]
     zero = count_zero_pages(analysis.memory, result.bitmap2, result.max_mapnr)
     pages = result.mem_usage(zero)
     always = result.counts.get("HWPOISON", 0) + result.counts.get("OFFLINE", 0)
-    levels = {lv: level_pages(pages, result.present, always, lv) for lv in SHOWN_LEVELS}
+    levels = {lv: r.dumpable - (zero if lv & 1 else 0) for lv, r in results.items()}
     return MemoryClasses(pages, result.present, always, levels), None
 
 
@@ -187,7 +185,7 @@ def render_classes(mc: MemoryClasses | None, error: str | None, console) -> None
         table.add_row(name, str(n), f"{n * PAGE_SIZE / MIB:.1f}", f"{share:.1%}",
                       Bar(1.0, 0.0, share, width=30))
     console.print(table)
-    console.print("dump levels (pages written; below 31 at most): " + ", ".join(
+    console.print("dump levels (pages written; with bit 1 below 31 at most): " + ", ".join(
         f"{lv}: {n} ({mib(n * PAGE_SIZE)})" for lv, n in mc.levels.items()))
 
 

@@ -28,6 +28,21 @@ from sadump.kernel.vmcoreinfo import VmcoreInfo
 PFN_EXCLUDED = 256
 #: pfns unpacked from a bitmap at a time (1 MiB of bools)
 CHUNK = 1 << 20
+#: the bitmaps span [0, highest present pfn): sparse memory far up the address space would
+#: make them large for the memory they describe; above this they may take at most
+#: BITMAP_SPREAD times the bits of the present pages
+BITMAP_FREE = 64 << 20
+BITMAP_SPREAD = 64
+
+
+def check_bitmap_size(present: list[tuple[int, int]]) -> None:
+    """Refuse bitmaps sized by an address far above the memory present (a wild PT_LOAD or
+    mem_section): each bitmap takes one bit per pfn below the highest present one."""
+    pages = sum(e - s for s, e in present)
+    top = max((e for _, e in present), default=0)
+    if top // 8 > max(BITMAP_FREE, BITMAP_SPREAD * pages // 8):
+        raise FilterError(f"memory reaches pfn {top:#x} with only {pages} pages present: the "
+                          f"dump-level bitmaps would take {top // 8 >> 20} MiB each")
 
 
 @dataclass
@@ -122,6 +137,7 @@ def plan_page_filter(memory: PhysicalMemory, kmem: KernelMemory, info: VmcoreInf
     `fallback` is not set; FilterError when the memory model cannot be read."""
     if info is None:
         raise FilterError(f"dump level {level} needs VMCOREINFO, and none was found")
+    check_bitmap_size(present)
     keys = filter_keys(info)
     warnings: list[str] = []
     asked = level

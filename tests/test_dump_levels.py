@@ -260,3 +260,14 @@ def test_full_path_keeps_the_crashkernel_in_the_first_bitmap(real_file, tmp_path
     ref = np.unpackbits(np.frombuffer(kdump_parts(real_file(
         "filter/rimg-kdump.d31.bitmaps"))["bitmap2"], np.uint8), bitorder="little")
     assert np.array_equal(second[:0x38000], ref[:0x38000])  # the same pages below it
+
+
+def test_bitmaps_are_not_sized_by_a_wild_address():
+    """Two pages present, one of them at 2^45: the bitmaps would take 4 GiB for 8 KiB of
+    memory; refused before anything is allocated."""
+    from sadump.kernel.mem_section import FilterError
+    from sadump.page_filter import check_bitmap_size
+
+    check_bitmap_size([(0, 0x40000)])  # 1 GiB of memory: 32 KiB bitmaps
+    with pytest.raises(FilterError, match="bitmaps would take"):
+        check_bitmap_size([(0, 1), ((1 << 45) >> 12, ((1 << 45) >> 12) + 1)])
