@@ -12,6 +12,7 @@ from enum import Enum, IntEnum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from sadump.constants import FULL, KDUMP
@@ -370,11 +371,15 @@ def main() -> None:
     except KeyboardInterrupt:
         err("interrupted")
         sys.exit(int(Exit.INTERRUPTED))
+    except SystemExit as e:
+        # typer turns Ctrl-C inside a command into a silent Exit(130) raised `from` it
+        if e.code == Exit.INTERRUPTED and isinstance(e.__context__, click.exceptions.Exit) \
+                and isinstance(e.__context__.__cause__, KeyboardInterrupt):
+            err("interrupted")
+        raise
     except SadumpError as e:
         err(f"error: {e}")
         sys.exit(int(Exit.IMAGE_ERROR))
-    except SystemExit:
-        raise
     except Exception as e:  # noqa: BLE001 - last line of defence: one line, not a traceback
         err(f"internal error: {type(e).__name__}: {e} (please report this)")
         sys.exit(int(Exit.INTERNAL))
