@@ -32,7 +32,7 @@ from construct import (
     Struct,
 )
 
-from sadump.constants import MAX_NOTE_BYTES, MAX_VMCOREINFO
+from sadump.constants import MAX_NOTE_BYTES, MAX_PHYS_ADDR, MAX_VMCOREINFO
 from sadump.errors import AbsentMemoryError, ImageError
 from sadump.formats import codecs
 from sadump.formats.elf import parse_notes
@@ -213,6 +213,9 @@ def build_flat_end() -> bytes:
 MAX_OVERLAPPING_RECORDS = 4096
 _BITMAP_CHUNK = 1 << 20
 _DESC_BATCH = 4096
+#: a kdump file of 2^46 bytes of memory: headers, two 2 GiB bitmaps, descriptors and pages
+#: stay below 2^47; a flattened record further out is damage
+MAX_REARRANGED = 2 * MAX_PHYS_ADDR
 #: runs of dumped pages sadump accepts: each becomes a present range, which reports list
 #: and dumps turn into segments (an ELF header holds < 65535); real -d 31 dumps have tens
 MAX_RUNS = 1 << 18
@@ -670,8 +673,10 @@ class FlattenedKdumpFile(_KdumpBase):
                 raise self._fail(
                     f"flattened record at {pos:#x} has offset {offset:#x} and size {size:#x}"
                 )
-            if offset + size >= 1 << 63:
-                raise self._fail(f"flattened record at {pos:#x} reaches past 2^63")
+            if offset + size > MAX_REARRANGED:
+                raise self._fail(
+                    f"flattened record at {pos:#x} writes [{offset:#x}, +{size:#x}), past what "
+                    f"a kdump file of s390x memory can be ({MAX_REARRANGED:#x} bytes)")
             data_at = pos + 16
             if data_at + size > fsize:
                 self.warnings.append(

@@ -32,7 +32,7 @@ def check_phys_end(end: int, limit: int = MAX_PHYS_ADDR) -> None:
 
 def vmcoreinfo_phys_limit(notes: Iterable[Note]) -> int:
     """MAX_PHYS_ADDR, or 2^NUMBER(MAX_PHYSMEM_BITS) of a VMCOREINFO note that says more (a
-    later kernel); values outside [32, 64) are ignored."""
+    later kernel); values outside [32, 52] are ignored."""
     for note in notes:
         if note.name != "VMCOREINFO":
             continue
@@ -42,7 +42,7 @@ def vmcoreinfo_phys_limit(notes: Iterable[Note]) -> int:
                     bits = int(line.split(b"=", 1)[1].strip(b"\0 "), 10)
                 except ValueError:
                     continue
-                if 32 <= bits < 64:
+                if 32 <= bits <= 52:
                     return 1 << bits
     return MAX_PHYS_ADDR
 
