@@ -33,7 +33,7 @@ from construct import (
 )
 
 from sadump.constants import MAX_NOTE_BYTES, MAX_PHYS_ADDR, MAX_VMCOREINFO
-from sadump.errors import AbsentMemoryError, ImageError
+from sadump.errors import AbsentMemoryError, ImageChanged, ImageError
 from sadump.formats import codecs
 from sadump.formats.elf import parse_notes
 from sadump.formats.memory import Extent, FileImage, Note, RangeList, vmcoreinfo_phys_limit
@@ -259,10 +259,22 @@ class _KdumpBase(FileImage):
         """Plain file: nothing to index."""
 
     def _pread(self, offset: int, size: int) -> bytes:
-        """Up to size bytes at offset of the rearranged file (short at its end)."""
+        """Up to size bytes at offset of the rearranged file (short at its end only)."""
         if offset >= self._end or size <= 0:
             return b""
-        return os.pread(self._fd, min(size, self._end - offset), offset)
+        want = min(size, self._end - offset)
+        try:
+            data = os.pread(self._fd, want, offset)
+            while len(data) < want:
+                more = os.pread(self._fd, want - len(data), offset + len(data))
+                if not more:
+                    raise ImageChanged(f"it ends at {offset + len(data):#x}, it was "
+                                       f"{self._end:#x} bytes long")
+                data += more
+        except OSError as e:
+            raise ImageChanged(f"reading {want:#x} bytes at {offset:#x}: "
+                               f"{e.strerror or e}") from None
+        return data
 
     # -- header --
     def _fail(self, msg: str) -> ImageError:
@@ -747,7 +759,11 @@ class FlattenedKdumpFile(_KdumpBase):
         a, b = max(s, offset), min(s + n, end)
         if a >= b:
             return
-        data = os.pread(self._fd, b - a, w + a - s)
+        try:
+            data = os.pread(self._fd, b - a, w + a - s)
+        except OSError as e:
+            raise ImageChanged(f"reading at {w + a - s:#x}: {e.strerror or e}") from None
         if len(data) != b - a:
-            raise self._fail("the file shrank while it was read")
+            raise ImageChanged(f"it ends before {w + a - s + b - a:#x}, it was "
+                               f"{self.file_size:#x} bytes long")
         out[a - offset : b - offset] = data

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from sadump.constants import MAX_PHYS_ADDR
-from sadump.errors import AbsentMemoryError, ImageError, SadumpError
+from sadump.errors import AbsentMemoryError, ImageChanged, ImageError, SadumpError
 
 #: Largest single read the layer serves; callers bound image-supplied sizes below it.
 MAX_READ = 64 << 20
@@ -101,30 +101,52 @@ def file_extents(fd: int, paddr: int, size: int, file_offset: int) -> Iterator[E
         pos = hole
 
 
-def pread_exact(fd: int, size: int, offset: int) -> bytes:
-    """Exactly size bytes of fd at offset (os.pread may return fewer); a file that ends
-    early (or shrank meanwhile) is an ImageError. The one such helper of sadump."""
-    data = os.pread(fd, size, offset)
-    if len(data) == size:
-        return data
-    parts, got = [data], len(data)
-    while got < size:
-        more = os.pread(fd, size - got, offset + got)
-        if not more:
-            raise ImageError(f"file ends at {offset + got:#x}, before the data it should hold")
-        parts.append(more)
-        got += len(more)
+def _short(offset: int, known_size: int | None) -> Exception:
+    """A read that ended at offset: the file changed if it was known to be longer (or if
+    the caller validated the range against the file before), else it is just short."""
+    if known_size is None or offset < known_size:
+        detail = f"it ends at {offset:#x}"
+        return ImageChanged(detail if known_size is None
+                            else f"{detail}, it was {known_size:#x} bytes long")
+    return ImageError(f"file ends at {offset:#x}, before the data it should hold")
+
+
+def pread_exact(fd: int, size: int, offset: int, known_size: int | None = None) -> bytes:
+    """Exactly size bytes of fd at offset (os.pread may return fewer). The one such helper
+    of sadump. A read error, or a file that ends before known_size (its size when it was
+    opened; None: the range was checked against the file before), is ImageChanged; a file
+    that was always that short is an ImageError."""
+    try:
+        data = os.pread(fd, size, offset)
+        if len(data) == size:
+            return data
+        parts, got = [data], len(data)
+        while got < size:
+            more = os.pread(fd, size - got, offset + got)
+            if not more:
+                raise _short(offset + got, known_size)
+            parts.append(more)
+            got += len(more)
+    except OSError as e:
+        raise ImageChanged(f"reading {size:#x} bytes at {offset:#x}: {e.strerror or e}") \
+            from None
     return b"".join(parts)
 
 
-def preadinto_exact(fd: int, buf, offset: int) -> None:
+def preadinto_exact(fd: int, buf, offset: int, known_size: int | None = None) -> None:
     """Fill buf (a writable buffer) from fd at offset, as pread_exact without a new object."""
     view, got = memoryview(buf), 0
-    while got < len(view):
-        n = os.preadv(fd, [view[got:]], offset + got)
-        if not n:
-            raise ImageError(f"file ends at {offset + got:#x}, before the data it should hold")
-        got += n
+    try:
+        while got < len(view):
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if not n:
+                raise _short(offset + got, known_size)
+            got += n
+    except OSError as e:
+        raise ImageChanged(f"reading {len(view):#x} bytes at {offset:#x}: "
+                           f"{e.strerror or e}") from None
+
+
 class RangeList(Sequence):
     """Sorted, disjoint [start, end) pairs kept in two arrays (16 bytes a range, not a
     tuple each): a reader of a pathological bitmap may have millions of them. Reads like a
@@ -297,8 +319,9 @@ class FileImage(PhysicalMemory):
         """Parse the file's headers and call `_set_ranges`; raise ImageError when corrupt."""
 
     def _read_file(self, offset: int, size: int) -> bytes:
-        """Exactly size bytes at offset; a file that ends early (or shrank) is an ImageError."""
-        return pread_exact(self._fd, size, offset)
+        """Exactly size bytes at offset: a file that ends early is an ImageError; one that
+        shrank since it was opened, or fails to read, is ImageChanged."""
+        return pread_exact(self._fd, size, offset, self.file_size)
 
     def close(self) -> None:
         if self._fd >= 0:
