@@ -241,3 +241,26 @@ def test_ctrl_c_prints_interrupted(tmp_path, command):
             p.wait()
     assert p.returncode == Exit.INTERRUPTED, err
     assert err.strip().splitlines()[-1] == "sadump: interrupted"
+
+
+def test_too_many_elf_segments(tmp_path):
+    """2^18 + 1 one-page PT_LOADs with gaps between them (a 14 MiB header, no data): too
+    fragmented, refused in one line before any per-range work."""
+    import struct
+
+    n = (1 << 18) + 1
+    ident = b"\x7fELF" + bytes([2, 2, 1]) + bytes(9)
+    ehdr = ident + struct.pack(">HHIQQQIHHHHHH", 4, 22, 1, 0, 64, 0, 0, 64, 56, 0xFFFF, 64,
+                               1, 0)
+    shoff = 64 + n * 56
+    path = tmp_path / "many.elf"
+    with open(path, "wb") as f:
+        f.write(ehdr[:40] + struct.pack(">Q", shoff) + ehdr[48:])
+        load = struct.Struct(">IIQQQQQQ")
+        f.write(b"".join(load.pack(1, 7, 0, 2 * i * BS, 2 * i * BS, 0, BS, BS)
+                         for i in range(n)))
+        f.write(struct.pack(">IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, n, 0, 0))  # section 0: sh_info
+    r, secs = cli("inspect-meminfo", path)
+    assert r.returncode == Exit.IMAGE_ERROR
+    assert "separate ranges of memory, more than sadump reads (262144)" in error_line(r)
+    assert secs < HANG

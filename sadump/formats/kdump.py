@@ -36,7 +36,14 @@ from sadump.constants import MAX_NOTE_BYTES, MAX_PHYS_ADDR, MAX_VMCOREINFO
 from sadump.errors import AbsentMemoryError, ImageChanged, ImageError
 from sadump.formats import codecs
 from sadump.formats.elf import parse_notes
-from sadump.formats.memory import Extent, FileImage, Note, RangeList, vmcoreinfo_phys_limit
+from sadump.formats.memory import (
+    MAX_RANGES,
+    Extent,
+    FileImage,
+    Note,
+    RangeList,
+    vmcoreinfo_phys_limit,
+)
 
 # ---- on-disk layouts (declared once; used to parse and to build) ---------------------------
 
@@ -216,9 +223,8 @@ _DESC_BATCH = 4096
 #: a kdump file of 2^46 bytes of memory: headers, two 2 GiB bitmaps, descriptors and pages
 #: stay below 2^47; a flattened record further out is damage
 MAX_REARRANGED = 2 * MAX_PHYS_ADDR
-#: runs of dumped pages sadump accepts: each becomes a present range, which reports list
-#: and dumps turn into segments (an ELF header holds < 65535); real -d 31 dumps have tens
-MAX_RUNS = 1 << 18
+#: runs of dumped pages sadump accepts (each is a present range): see memory.MAX_RANGES
+MAX_RUNS = MAX_RANGES
 _ONES = re.compile("1+")
 
 

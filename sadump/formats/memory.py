@@ -20,6 +20,10 @@ from sadump.errors import AbsentMemoryError, ImageChanged, ImageError, SadumpErr
 
 #: Largest single read the layer serves; callers bound image-supplied sizes below it.
 MAX_READ = 64 << 20
+#: Present ranges a reader may have: each one becomes a JSON pair in reports and a segment
+#: in dump plans (an ELF header lists < 65535); real images have a few dozen. 2^18 keeps
+#: `info --json` of the worst case near 150 MiB.
+MAX_RANGES = 1 << 18
 
 
 def check_phys_end(end: int, limit: int = MAX_PHYS_ADDR) -> None:
@@ -238,6 +242,9 @@ class PhysicalMemory(ABC):
         reader learnt from its VMCOREINFO)."""
         checked = isinstance(ranges, RangeList)  # another layer's, checked there
         self._ranges = RangeList.merged(ranges)
+        if len(self._ranges) > MAX_RANGES:
+            raise ImageError(f"{len(self._ranges)} separate ranges of memory, more than "
+                             f"sadump reads ({MAX_RANGES}): too fragmented")
         if self._ranges and not checked:
             check_phys_end(self._ranges[-1][1], self.phys_limit)
 
