@@ -18,10 +18,11 @@ import pytest
 
 from sadump.cli import Exit
 from sadump.constants import MAX_PHYS_ADDR
-from sadump.errors import ImageError
+from sadump.errors import ImageChanged, ImageError
 from sadump.formats.elf import ElfCore
-from sadump.formats.kdump import KdumpFile
+from sadump.formats.kdump import FlattenedKdumpFile, KdumpFile
 from sadump.formats.raw import RawImage
+from sadump.formats.s390 import S390Dump
 from tests.fixtures import hostile
 from tests.fixtures.builder import elf_note
 
@@ -264,3 +265,33 @@ def test_too_many_elf_segments(tmp_path):
     assert r.returncode == Exit.IMAGE_ERROR
     assert "separate ranges of memory, more than sadump reads (262144)" in error_line(r)
     assert secs < HANG
+
+
+def _shrink_then_read(m, path, paddr: int, size: int) -> str:
+    os.truncate(path, 4096)
+    with pytest.raises(ImageChanged) as e:
+        m.read(paddr, size)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "elf", "s390"])
+def test_every_reader_notices_a_shrunk_file(tmp_path, fmt):
+    from tests.fixtures.builder import ImageSpec, write_elf, write_raw, write_s390
+
+    spec = ImageSpec(mem_size=4 * MiB, crashkernel=None, cpus=[])
+    path = {"raw": write_raw, "elf": write_elf, "s390": write_s390}[fmt](spec, tmp_path / fmt)
+    with {"raw": RawImage, "elf": ElfCore, "s390": S390Dump}[fmt](str(path)) as m:
+        msg = _shrink_then_read(m, path, 2 * MiB, 8)
+    assert msg.startswith("the image changed or could not be read while it was read")
+
+
+@pytest.mark.parametrize("cls", [KdumpFile, FlattenedKdumpFile])
+def test_kdump_readers_notice_a_shrunk_file(tmp_path, cls):
+    from tests.test_format_kdump import flatten, sample
+
+    blob, _ = sample()
+    path = tmp_path / "k"
+    path.write_bytes(blob if cls is KdumpFile else flatten(blob))
+    with cls(str(path)) as m:
+        msg = _shrink_then_read(m, path, 8 * BS, BS)
+    assert msg.startswith("the image changed or could not be read while it was read")
