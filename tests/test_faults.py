@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sadump import writing
 from sadump.cli import Exit, app
+from sadump.writers import sink as writing
 from tests.fixtures.builder import ImageSpec, MiB, write_raw
 
 runner = CliRunner()

@@ -177,7 +177,7 @@ def test_sparse_raw_file_past_the_limit(tmp_path):
 TRUNCATE_ON_CALL = """
 import os, sys
 from sadump.formats.raw import RawImage
-from sadump import writing
+from sadump.writers import sink as writing
 where, n, image = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 cls, name = (RawImage, "_read") if where == "read" else (writing.Sink, "copy_file")
 orig, calls = getattr(cls, name), [0]
