@@ -12,10 +12,11 @@ from enum import Enum, IntEnum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from sadump.constants import FULL, KDUMP
-from sadump.errors import SadumpError
+from sadump.errors import ImageChanged, SadumpError
 
 
 class Exit(IntEnum):
@@ -114,7 +115,7 @@ def open_analysis(image: Path | None, sample: bool, input_format: InputFormatNam
     path = resolve_image(image, sample)
     try:
         return analyse(path, input_format.value if input_format else None)
-    except SadumpError as e:
+    except (SadumpError, ImageChanged) as e:
         raise fail(Exit.IMAGE_ERROR, str(e)) from None
 
 
@@ -340,7 +341,7 @@ def dump(
         except FilterError as e:
             raise fail(Exit.NOT_WRITTEN, f"cannot filter at dump level {dump_level}: {e}: "
                        "nothing written") from None
-        except SadumpError as e:
+        except (SadumpError, ImageChanged) as e:
             raise fail(Exit.IMAGE_ERROR, f"{e}: nothing written") from None
         for w in plan.warnings:
             err(f"warning: {w}")
@@ -351,7 +352,7 @@ def dump(
             raise fail(Exit.NOT_WRITTEN, str(e)) from None
         except DumpInterrupted as e:
             raise fail(Exit.INTERRUPTED, str(e)) from None
-        except SadumpError as e:
+        except (SadumpError, ImageChanged) as e:
             raise fail(Exit.IMAGE_ERROR, str(e)) from None
         err(summary_line(plan, result))
         if json_out:
@@ -370,11 +371,15 @@ def main() -> None:
     except KeyboardInterrupt:
         err("interrupted")
         sys.exit(int(Exit.INTERRUPTED))
-    except SadumpError as e:
+    except SystemExit as e:
+        # typer turns Ctrl-C inside a command into a silent Exit(130) raised `from` it
+        if e.code == Exit.INTERRUPTED and isinstance(e.__context__, click.exceptions.Exit) \
+                and isinstance(e.__context__.__cause__, KeyboardInterrupt):
+            err("interrupted")
+        raise
+    except (SadumpError, ImageChanged) as e:
         err(f"error: {e}")
         sys.exit(int(Exit.IMAGE_ERROR))
-    except SystemExit:
-        raise
     except Exception as e:  # noqa: BLE001 - last line of defence: one line, not a traceback
         err(f"internal error: {type(e).__name__}: {e} (please report this)")
         sys.exit(int(Exit.INTERNAL))

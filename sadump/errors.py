@@ -17,3 +17,17 @@ class AbsentMemoryError(SadumpError):
         self.size = size
         msg = f"memory [{paddr:#x}, {paddr + size:#x}) is not present in the image"
         super().__init__(f"{msg}: {detail}" if detail else msg)
+
+
+CHANGED = "the image changed or could not be read while it was read"
+
+
+class ImageChanged(Exception):
+    """The image file shrank or failed to read (EIO) after it was opened.
+
+    Deliberately not a SadumpError: the layers that read around damage (a lowcore that
+    cannot be read, a lost printk record) catch SadumpError, and none may read around this.
+    The CLI turns it into exit 4 with CHANGED."""
+
+    def __init__(self, detail: str):
+        super().__init__(f"{CHANGED} ({detail})")

@@ -44,9 +44,11 @@ def test_fallback_status_and_reason_on_stderr(tmp_path):
     (lambda p: p.mkdir(), "is a directory"),
     (lambda p: None, "cannot open"),
     (lambda p: p.write_bytes(b"\x7fELF\x02\x02\x01" + b"\0" * 9 + b"\0\x04\0\x16" + b"\xff" * 60),
-     ""),
-    (lambda p: p.write_bytes(b"KDUMP   " + b"\xff" * 100), ""),
-    (lambda p: p.write_bytes(bytes.fromhex("A8190173618F23FD") + b"\xff" * 100), ""),
+     "bad: e_phnum is PN_XNUM (0xffff) but there is no section header 0"),
+    (lambda p: p.write_bytes(b"KDUMP   " + b"\xff" * 100),
+     "bad: truncated kdump header (108 of 464 bytes)"),
+    (lambda p: p.write_bytes(bytes.fromhex("A8190173618F23FD") + b"\xff" * 100),
+     "bad: file is 108 bytes, too short for the 4 KiB s390 dump header"),
 ])
 def test_unreadable_image_is_one_line(tmp_path, make, words):
     path = tmp_path / "bad"

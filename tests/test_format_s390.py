@@ -200,8 +200,9 @@ def test_short_file(tmp_path):
 @pytest.mark.parametrize(
     "fields,match",
     [
-        ({"mem_size": 0, "mem_end": (1 << 64) - 1}, "beyond what an s390 dump file can hold"),
-        ({"mem_size": (1 << 64) - 1}, "beyond what an s390 dump file can hold"),
+        ({"mem_size": 0, "mem_end": (1 << 64) - 1}, "past what s390x can address"),
+        ({"mem_size": (1 << 64) - 1}, "past what s390x can address"),
+        ({"mem_size": 1 << 50}, "past what s390x can address"),
         ({"mem_size": 0, "mem_end": 0}, "no memory size"),
         ({"hdr_size": 0x800}, "header size is 0x800"),
         ({"hdr_size": 0xFFFFFFFF}, "header size"),

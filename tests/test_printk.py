@@ -58,12 +58,16 @@ def test_crash_moment_vmcores_give_makedumpfiles_log(real_file, real_text, name)
     assert dmesg_ok(real_file(name)) == real_text(MAKEDUMPFILE)
 
 
-def test_crash_log_continues_the_guests_dmesg(real_text):
-    """The stop and the crash are moments of one boot: the crash log starts with every
-    record of the guest's dmesg and adds only the sysrq crash and the panic."""
-    guest, crash = real_text(GUEST).splitlines(), real_text(MAKEDUMPFILE).splitlines()
-    assert crash[:len(guest)] == guest
-    assert crash[len(guest)].endswith("sysrq: Trigger a crash")
+def test_crash_log_continues_the_guests_dmesg(real_file, real_text):
+    """The stop and the crash are moments of one boot: sadump's log of the crash-moment
+    vmcore starts with every record sadump reads from the stop-moment image and adds the
+    sysrq crash and the panic, as makedumpfile's log of it does after the guest's dmesg."""
+    stop = dmesg_ok(real_file("rimg-kdump.raw")).splitlines()
+    crash = dmesg_ok(real_file("rimg-kdump.proc-vmcore.elf")).splitlines()
+    assert len(stop) == len(real_text(GUEST).splitlines()) and len(crash) > len(stop)
+    assert crash[:len(stop)] == stop
+    assert crash[len(stop)].endswith("sysrq: Trigger a crash")
+    assert crash[len(stop):] == real_text(MAKEDUMPFILE).splitlines()[len(stop):]
 
 
 def test_nokdump_machine(real_file, real_text):

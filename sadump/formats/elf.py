@@ -30,7 +30,7 @@ from construct import (
 
 from sadump.constants import MAX_NOTE_BYTES, MAX_NOTES
 from sadump.errors import ImageError
-from sadump.formats.memory import Extent, FileImage, Note, file_extents
+from sadump.formats.memory import Extent, FileImage, Note, file_extents, vmcoreinfo_phys_limit
 
 ELFMAG = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
@@ -304,6 +304,12 @@ class ElfCore(FileImage):
                     loads.append(seg)
         if not loads:
             self.warnings.append("the ELF core has no PT_LOAD segment: it holds no memory")
+        self.phys_limit = vmcoreinfo_phys_limit(self.notes)
+        for i, (paddr, _, memsz, _) in enumerate(loads):
+            if paddr + memsz > self.phys_limit:
+                raise ImageError(
+                    f"segment {i}: [{paddr:#x}, +{memsz:#x}) is past what s390x can address "
+                    f"({self.phys_limit:#x}): not memory of an s390x system")
         self._layout(loads)
         self._check_prstatus()
 

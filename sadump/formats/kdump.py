@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 import struct
 from array import array
 from collections.abc import Iterator
@@ -31,11 +32,18 @@ from construct import (
     Struct,
 )
 
-from sadump.constants import MAX_NOTE_BYTES, MAX_VMCOREINFO
-from sadump.errors import AbsentMemoryError, ImageError
+from sadump.constants import MAX_NOTE_BYTES, MAX_PHYS_ADDR, MAX_VMCOREINFO
+from sadump.errors import AbsentMemoryError, ImageChanged, ImageError
 from sadump.formats import codecs
 from sadump.formats.elf import parse_notes
-from sadump.formats.memory import Extent, FileImage, Note
+from sadump.formats.memory import (
+    MAX_RANGES,
+    Extent,
+    FileImage,
+    Note,
+    RangeList,
+    vmcoreinfo_phys_limit,
+)
 
 # ---- on-disk layouts (declared once; used to parse and to build) ---------------------------
 
@@ -212,6 +220,12 @@ def build_flat_end() -> bytes:
 MAX_OVERLAPPING_RECORDS = 4096
 _BITMAP_CHUNK = 1 << 20
 _DESC_BATCH = 4096
+#: a kdump file of 2^46 bytes of memory: headers, two 2 GiB bitmaps, descriptors and pages
+#: stay below 2^47; a flattened record further out is damage
+MAX_REARRANGED = 2 * MAX_PHYS_ADDR
+#: runs of dumped pages sadump accepts (each is a present range): see memory.MAX_RANGES
+MAX_RUNS = MAX_RANGES
+_ONES = re.compile("1+")
 
 
 def _valid_block_size(bs: int) -> bool:
@@ -251,10 +265,22 @@ class _KdumpBase(FileImage):
         """Plain file: nothing to index."""
 
     def _pread(self, offset: int, size: int) -> bytes:
-        """Up to size bytes at offset of the rearranged file (short at its end)."""
+        """Up to size bytes at offset of the rearranged file (short at its end only)."""
         if offset >= self._end or size <= 0:
             return b""
-        return os.pread(self._fd, min(size, self._end - offset), offset)
+        want = min(size, self._end - offset)
+        try:
+            data = os.pread(self._fd, want, offset)
+            while len(data) < want:
+                more = os.pread(self._fd, want - len(data), offset + len(data))
+                if not more:
+                    raise ImageChanged(f"it ends at {offset + len(data):#x}, it was "
+                                       f"{self._end:#x} bytes long")
+                data += more
+        except OSError as e:
+            raise ImageChanged(f"reading {want:#x} bytes at {offset:#x}: "
+                               f"{e.strerror or e}") from None
+        return data
 
     # -- header --
     def _fail(self, msg: str) -> ImageError:
@@ -337,18 +363,18 @@ class _KdumpBase(FileImage):
                 f"part of a split dump: pfns [{sub['start_pfn_64']:#x}, {sub['end_pfn_64']:#x})"
             )
 
-        self._scan_bitmap()
-        self._data_start = self._desc_off + PAGE_DESC_SIZE * self._dumpable
-        if self._data_start > self._end and not self.incomplete:
-            raise self._fail(
-                f"{self._dumpable} page descriptors end at {self._data_start:#x}, "
-                f"past the end of the file ({self._end:#x})"
-            )
         self._desc = PAGE_DESC_STRUCT[order]
         self._page_cache: tuple[int, bytes] = (-1, b"")
         self._zero_ok: bool | None = None
         self._codec_cache: dict = {}
         self._read_notes(version, sub)
+        self.phys_limit = vmcoreinfo_phys_limit(self.notes)
+        if mapnr * bs > self.phys_limit:
+            raise self._fail(
+                f"max_mapnr {mapnr:#x} of {bs}-byte pages reaches {mapnr * bs:#x}, past what "
+                f"s390x can address ({self.phys_limit:#x})")
+        self._scan_bitmap(limit)
+        self._data_start = self._desc_off + PAGE_DESC_SIZE * self._dumpable
 
     def _mark_incomplete(self, why: str) -> None:
         self.incomplete = f"{self.incomplete}; {why}" if self.incomplete else why
@@ -373,15 +399,16 @@ class _KdumpBase(FileImage):
                 self.notes.append(Note("VMCOREINFO", 0, self._pread(off, size)))
 
     # -- bitmap --
-    def _scan_bitmap(self) -> None:
-        """One bounded pass over the 2nd bitmap: present runs and cumulative popcounts."""
+    def _scan_bitmap(self, file_end: int) -> None:
+        """Two bounded passes over the 2nd bitmap: cumulative popcounts per block (the
+        bitmap's own size in memory, 8 bytes a block), then the present runs, kept in two
+        arrays. Only pages whose descriptor lies in the file can be present: an incomplete
+        file ends its memory there; a complete one whose descriptors do not fit is corrupt."""
         bs = self.block_size
         bits = bs * 8
-        full = (1 << bits) - 1
         nblocks = -(-self._mapnr // bits)
+        room = max(0, (file_end - self._desc_off) // PAGE_DESC_SIZE)
         cum = array("q", [0])
-        runs: list[tuple[int, int]] = []
-        run_start = -1
         total = 0
         per_chunk = max(1, _BITMAP_CHUNK // bs)
         for first in range(0, nblocks, per_chunk):
@@ -390,38 +417,70 @@ class _KdumpBase(FileImage):
             if len(chunk) != count * bs:
                 raise self._fail("the 2nd bitmap is cut short by the end of the file")
             for j in range(count):
-                blk = first + j
-                base = blk * bits
                 x = int.from_bytes(chunk[j * bs : (j + 1) * bs], "little")
+                base = (first + j) * bits
                 if base + bits > self._mapnr:
                     x &= (1 << (self._mapnr - base)) - 1
                 total += x.bit_count()
                 cum.append(total)
-                if x == 0:
-                    if run_start >= 0:
-                        runs.append((run_start, base))
-                        run_start = -1
-                    continue
-                if x == full:
-                    if run_start < 0:
-                        run_start = base
-                    continue
-                t = (x ^ ((x << 1) | (run_start >= 0))) & full
-                while t:
-                    low = t & -t
-                    i = low.bit_length() - 1
-                    if run_start < 0:
-                        run_start = base + i
-                    else:
-                        runs.append((run_start, base + i))
-                        run_start = -1
-                    t ^= low
-        if run_start >= 0:
-            runs.append((run_start, self._mapnr))
         self._cum = cum
-        self._dumpable = total
         self._bm_cache: tuple[int, int] = (-1, 0)
-        self._set_ranges([(s * bs, e * bs) for s, e in runs])
+        end_pfn = self._mapnr
+        if total > room:
+            if not self.incomplete:
+                raise self._fail(
+                    f"{total} page descriptors end at "
+                    f"{self._desc_off + PAGE_DESC_SIZE * total:#x}, past the end of the file "
+                    f"({file_end:#x})")
+            end_pfn = self._select(room)
+            self.warnings.append(
+                f"the bitmap marks {total} pages dumped, the file holds descriptors of the "
+                f"first {room}: memory from pfn {end_pfn:#x} on is absent")
+            total = room
+        self._dumpable = total
+        self._present_pfns = end_pfn
+        self._set_ranges(self._runs(end_pfn))
+
+    def _select(self, rank: int) -> int:
+        """The pfn of the dumped page of the given rank (0-based)."""
+        bits = self.block_size * 8
+        blk = bisect.bisect_right(self._cum, rank) - 1
+        x = self._bitmap_block(blk)
+        need = rank - self._cum[blk]
+        lo, hi = 0, bits  # smallest bit b with popcount(x & (2^b - 1)) > need
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if (x & ((1 << (mid + 1)) - 1)).bit_count() > need:
+                hi = mid
+            else:
+                lo = mid + 1
+        return blk * bits + lo
+
+    def _runs(self, end_pfn: int) -> RangeList:
+        """Runs of set bits below end_pfn as byte ranges, found by the regex engine on the
+        bits of one chunk at a time (no Python work per bit)."""
+        bs = self.block_size
+        starts, ends = array("Q"), array("Q")
+        chunk_bits = _BITMAP_CHUNK * 8
+        for pfn0 in range(0, end_pfn, chunk_bits):
+            n = min(chunk_bits, end_pfn - pfn0)
+            raw = self._pread(self._bitmap2 + pfn0 // 8, (n + 7) // 8)
+            x = int.from_bytes(raw, "little") & ((1 << n) - 1)
+            if not x:
+                continue
+            lsb_first = bin(x)[:1:-1]  # character i = bit i = pfn pfn0 + i
+            for m in _ONES.finditer(lsb_first):
+                a, b = (pfn0 + m.start()) * bs, (pfn0 + m.end()) * bs
+                if ends and ends[-1] == a:
+                    ends[-1] = b
+                    continue
+                if len(starts) == MAX_RUNS:
+                    raise self._fail(
+                        f"the 2nd bitmap holds more than {MAX_RUNS} runs of dumped pages "
+                        f"(from pfn {a // bs:#x} on): too fragmented to be a dump sadump reads")
+                starts.append(a)
+                ends.append(b)
+        return RangeList(starts, ends)
 
     def _bitmap_block(self, blk: int) -> int:
         if self._bm_cache[0] != blk:
@@ -632,8 +691,10 @@ class FlattenedKdumpFile(_KdumpBase):
                 raise self._fail(
                     f"flattened record at {pos:#x} has offset {offset:#x} and size {size:#x}"
                 )
-            if offset + size >= 1 << 63:
-                raise self._fail(f"flattened record at {pos:#x} reaches past 2^63")
+            if offset + size > MAX_REARRANGED:
+                raise self._fail(
+                    f"flattened record at {pos:#x} writes [{offset:#x}, +{size:#x}), past what "
+                    f"a kdump file of s390x memory can be ({MAX_REARRANGED:#x} bytes)")
             data_at = pos + 16
             if data_at + size > fsize:
                 self.warnings.append(
@@ -704,7 +765,11 @@ class FlattenedKdumpFile(_KdumpBase):
         a, b = max(s, offset), min(s + n, end)
         if a >= b:
             return
-        data = os.pread(self._fd, b - a, w + a - s)
+        try:
+            data = os.pread(self._fd, b - a, w + a - s)
+        except OSError as e:
+            raise ImageChanged(f"reading at {w + a - s:#x}: {e.strerror or e}") from None
         if len(data) != b - a:
-            raise self._fail("the file shrank while it was read")
+            raise ImageChanged(f"it ends before {w + a - s + b - a:#x}, it was "
+                               f"{self.file_size:#x} bytes long")
         out[a - offset : b - offset] = data

@@ -11,13 +11,44 @@ import bisect
 import errno
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from sadump.errors import AbsentMemoryError, ImageError, SadumpError
+from sadump.constants import MAX_PHYS_ADDR
+from sadump.errors import AbsentMemoryError, ImageChanged, ImageError, SadumpError
 
 #: Largest single read the layer serves; callers bound image-supplied sizes below it.
 MAX_READ = 64 << 20
+#: Present ranges a reader may have: each one becomes a JSON pair in reports and a segment
+#: in dump plans (an ELF header lists < 65535); real images have a few dozen. 2^18 keeps
+#: `info --json` of the worst case near 150 MiB.
+MAX_RANGES = 1 << 18
+
+
+def check_phys_end(end: int, limit: int = MAX_PHYS_ADDR) -> None:
+    """Memory that reaches past `limit` is not memory of an s390x Linux system."""
+    if end > limit:
+        raise ImageError(
+            f"memory up to {end:#x} is past what s390x can address ({limit:#x}, "
+            f"MAX_PHYSMEM_BITS {limit.bit_length() - 1}): not a memory image of this system")
+
+
+def vmcoreinfo_phys_limit(notes: Iterable[Note]) -> int:
+    """MAX_PHYS_ADDR, or 2^NUMBER(MAX_PHYSMEM_BITS) of a VMCOREINFO note that says more (a
+    later kernel); values outside [32, 52] are ignored."""
+    for note in notes:
+        if note.name != "VMCOREINFO":
+            continue
+        for line in note.desc[:MAX_READ].split(b"\n"):
+            if line.startswith(b"NUMBER(MAX_PHYSMEM_BITS)="):
+                try:
+                    bits = int(line.split(b"=", 1)[1].strip(b"\0 "), 10)
+                except ValueError:
+                    continue
+                if 32 <= bits <= 52:
+                    return 1 << bits
+    return MAX_PHYS_ADDR
 
 
 @dataclass(frozen=True)
@@ -74,30 +105,112 @@ def file_extents(fd: int, paddr: int, size: int, file_offset: int) -> Iterator[E
         pos = hole
 
 
-def pread_exact(fd: int, size: int, offset: int) -> bytes:
-    """Exactly size bytes of fd at offset (os.pread may return fewer); a file that ends
-    early (or shrank meanwhile) is an ImageError. The one such helper of sadump."""
-    data = os.pread(fd, size, offset)
-    if len(data) == size:
-        return data
-    parts, got = [data], len(data)
-    while got < size:
-        more = os.pread(fd, size - got, offset + got)
-        if not more:
-            raise ImageError(f"file ends at {offset + got:#x}, before the data it should hold")
-        parts.append(more)
-        got += len(more)
+def _short(offset: int, known_size: int | None) -> Exception:
+    """A read that ended at offset: the file changed if it was known to be longer (or if
+    the caller validated the range against the file before), else it is just short."""
+    if known_size is None or offset < known_size:
+        detail = f"it ends at {offset:#x}"
+        return ImageChanged(detail if known_size is None
+                            else f"{detail}, it was {known_size:#x} bytes long")
+    return ImageError(f"file ends at {offset:#x}, before the data it should hold")
+
+
+def pread_exact(fd: int, size: int, offset: int, known_size: int | None = None) -> bytes:
+    """Exactly size bytes of fd at offset (os.pread may return fewer). The one such helper
+    of sadump. A read error, or a file that ends before known_size (its size when it was
+    opened; None: the range was checked against the file before), is ImageChanged; a file
+    that was always that short is an ImageError."""
+    try:
+        data = os.pread(fd, size, offset)
+        if len(data) == size:
+            return data
+        parts, got = [data], len(data)
+        while got < size:
+            more = os.pread(fd, size - got, offset + got)
+            if not more:
+                raise _short(offset + got, known_size)
+            parts.append(more)
+            got += len(more)
+    except OSError as e:
+        raise ImageChanged(f"reading {size:#x} bytes at {offset:#x}: {e.strerror or e}") \
+            from None
     return b"".join(parts)
 
 
-def preadinto_exact(fd: int, buf, offset: int) -> None:
+def preadinto_exact(fd: int, buf, offset: int, known_size: int | None = None) -> None:
     """Fill buf (a writable buffer) from fd at offset, as pread_exact without a new object."""
     view, got = memoryview(buf), 0
-    while got < len(view):
-        n = os.preadv(fd, [view[got:]], offset + got)
-        if not n:
-            raise ImageError(f"file ends at {offset + got:#x}, before the data it should hold")
-        got += n
+    try:
+        while got < len(view):
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if not n:
+                raise _short(offset + got, known_size)
+            got += n
+    except OSError as e:
+        raise ImageChanged(f"reading {len(view):#x} bytes at {offset:#x}: "
+                           f"{e.strerror or e}") from None
+
+
+class RangeList(Sequence):
+    """Sorted, disjoint [start, end) pairs kept in two arrays (16 bytes a range, not a
+    tuple each): a reader of a pathological bitmap may have millions of them. Reads like a
+    list of tuples (len, index, slice, iteration, == with a list); never changed."""
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self, starts: array | None = None, ends: array | None = None):
+        self._starts = starts if starts is not None else array("Q")
+        self._ends = ends if ends is not None else array("Q")
+
+    @classmethod
+    def merged(cls, ranges: Iterable[tuple[int, int]]) -> RangeList:
+        """From any pairs: empty ones dropped, sorted, touching and overlapping ones merged."""
+        if isinstance(ranges, RangeList):
+            return ranges
+        starts, ends = array("Q"), array("Q")
+        for start, end in sorted(r for r in ranges if r[1] > r[0]):
+            if ends and start <= ends[-1]:
+                ends[-1] = max(ends[-1], end)
+            else:
+                starts.append(start)
+                ends.append(end)
+        return cls(starts, ends)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return list(zip(self._starts[i], self._ends[i], strict=True))
+        return (self._starts[i], self._ends[i])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self._starts, self._ends, strict=True)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, RangeList):
+            return self._starts == other._starts and self._ends == other._ends
+        if isinstance(other, (list, tuple)):
+            return len(other) == len(self) and all(
+                tuple(o) == r for o, r in zip(other, self, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"({s:#x}, {e:#x})" for s, e in self[:4])
+        return f"RangeList([{shown}{', ...' if len(self) > 4 else ''}] {len(self)} ranges)"
+
+    @property
+    def total(self) -> int:
+        return sum(self._ends) - sum(self._starts)
+
+    def find(self, paddr: int) -> int:
+        """Index of the range that starts at or below paddr, -1 if none."""
+        return bisect.bisect_right(self._starts, paddr) - 1
+
+    def end(self, i: int) -> int:
+        return self._ends[i]
 
 
 class PhysicalMemory(ABC):
@@ -118,20 +231,22 @@ class PhysicalMemory(ABC):
         self.cpu_prefixes: list[int] = []
         #: the makedumpfile dump level the input was filtered at (kdump-compressed files)
         self.dump_level: int | None = None
-        self._starts: list[int] = []
-        self._ranges: list[tuple[int, int]] = []
+        #: addresses at or past this are not memory (MAX_PHYS_ADDR; see vmcoreinfo_phys_limit)
+        self.phys_limit = MAX_PHYS_ADDR
+        self._ranges = RangeList()
 
     # ---- what a reader implements -------------------------------------------------
-    def _set_ranges(self, ranges: list[tuple[int, int]]) -> None:
-        """Store the present ranges sorted and merged; readers call this once."""
-        merged: list[tuple[int, int]] = []
-        for start, end in sorted(r for r in ranges if r[1] > r[0]):
-            if merged and start <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-            else:
-                merged.append((start, end))
-        self._ranges = merged
-        self._starts = [r[0] for r in merged]
+    def _set_ranges(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Store the present ranges sorted and merged; readers call this once. Every end
+        must lie within what an s390x system can address (MAX_PHYS_ADDR, or the limit the
+        reader learnt from its VMCOREINFO)."""
+        checked = isinstance(ranges, RangeList)  # another layer's, checked there
+        self._ranges = RangeList.merged(ranges)
+        if len(self._ranges) > MAX_RANGES:
+            raise ImageError(f"{len(self._ranges)} separate ranges of memory, more than "
+                             f"sadump reads ({MAX_RANGES}): too fragmented")
+        if self._ranges and not checked:
+            check_phys_end(self._ranges[-1][1], self.phys_limit)
 
     @abstractmethod
     def _read(self, paddr: int, size: int) -> bytes:
@@ -145,20 +260,21 @@ class PhysicalMemory(ABC):
         """Release the file; safe to call twice."""
 
     # ---- what everyone above uses -------------------------------------------------
-    def ranges(self) -> list[tuple[int, int]]:
-        """Present physical memory as sorted, disjoint [start, end) pairs."""
-        return list(self._ranges)
+    def ranges(self) -> RangeList:
+        """Present physical memory as sorted, disjoint [start, end) pairs (a compact,
+        read-only sequence of tuples)."""
+        return self._ranges
 
     @property
     def size(self) -> int:
         """Bytes of memory present."""
-        return sum(e - s for s, e in self._ranges)
+        return self._ranges.total
 
     def is_present(self, paddr: int, size: int = 1) -> bool:
-        if paddr < 0 or size < 0:
+        if paddr < 0 or size < 0 or paddr >= 1 << 64:
             return False
-        i = bisect.bisect_right(self._starts, paddr) - 1
-        return i >= 0 and paddr + size <= self._ranges[i][1]
+        i = self._ranges.find(paddr)
+        return i >= 0 and paddr + size <= self._ranges.end(i)
 
     def read(self, paddr: int, size: int) -> bytes:
         """Read present memory; raise AbsentMemoryError for any byte not in the image."""
@@ -210,8 +326,9 @@ class FileImage(PhysicalMemory):
         """Parse the file's headers and call `_set_ranges`; raise ImageError when corrupt."""
 
     def _read_file(self, offset: int, size: int) -> bytes:
-        """Exactly size bytes at offset; a file that ends early (or shrank) is an ImageError."""
-        return pread_exact(self._fd, size, offset)
+        """Exactly size bytes at offset: a file that ends early is an ImageError; one that
+        shrank since it was opened, or fails to read, is ImageChanged."""
+        return pread_exact(self._fd, size, offset, self.file_size)
 
     def close(self) -> None:
         if self._fd >= 0:

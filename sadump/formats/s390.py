@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from construct import Array, Bytes, Default, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 
+from sadump.constants import MAX_PHYS_ADDR
 from sadump.errors import ImageError
 from sadump.formats.memory import Extent, FileImage, file_extents
 
@@ -157,8 +158,9 @@ class S390Dump(FileImage):
             )
         if mem_size == 0:
             raise ImageError("the header gives no memory size (mem_size and mem_end are 0)")
-        if mem_size > MAX_MEM_SIZE:
-            raise ImageError(f"memory size {mem_size:#x} is beyond what an s390 dump file can hold")
+        if mem_size > MAX_PHYS_ADDR:
+            raise ImageError(f"memory size {mem_size:#x} is past what s390x can address "
+                             f"({MAX_PHYS_ADDR:#x})")
         if h.mem_start != 0:
             self.warnings.append(
                 f"mem_start is {h.mem_start:#x}, not 0; memory is read from address 0 "

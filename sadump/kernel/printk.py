@@ -38,6 +38,9 @@ MAX_SIZE_BITS = 31
 MAX_TEXT = 0xFFFF  # printk_info.text_len is a u16
 #: per-record problems listed one by one before they are only counted
 MAX_RECORD_WARNINGS = 10
+#: the ring loop gives up after this many descriptor ids in a row without a record (absent,
+#: recycled or never written): a damaged head/tail or count must not cost 2^31 steps
+MAX_EMPTY_RUN = 1 << 16
 
 CALLER_CPU = 0x80000000  # printk_info.caller_id: CPU number when set, else a task id
 
@@ -277,14 +280,24 @@ def _read_ringbuffer(k: _Kernel) -> KernelLog:
         span = ring.count - 1
         tail = (head - span) & DESC_ID_MASK
     problems = _Problems(log.warnings)
+    empty = 0  # descriptor ids in a row that gave no record
     for step in range(span + 1):  # never more than the number of descriptors
+        if empty == MAX_EMPTY_RUN:
+            log.warnings.append(
+                f"{MAX_EMPTY_RUN} descriptor ids in a row up to {(tail + step - 1) & DESC_ID_MASK:#x}"
+                f" hold no readable record: the rest of the ring ({span + 1 - step} ids, up to "
+                f"head {head:#x}) is not read")
+            break
         try:
             record = _ring_record(k, ring, (tail + step) & DESC_ID_MASK, problems)
         except LogError as e:  # memory the image lacks: this record is lost, not the log
             problems.add(str(e))
+            record = None
+        if record is None:
+            empty += 1
             continue
-        if record is not None:
-            log.records.append(record)
+        empty = 0
+        log.records.append(record)
     problems.close()
     if not log.records:
         log.warnings.append(f"no readable record between descriptor ids {tail:#x} and "

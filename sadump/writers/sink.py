@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sadump.constants import MIB, PAGE_SIZE, mib
-from sadump.errors import ImageError, SadumpError
+from sadump.errors import ImageChanged, ImageError, SadumpError
 from sadump.formats.memory import pread_exact
 from sadump.writers.blocks import BLOCK, ZERO_BLOCK, memory_blocks, nonzero_runs
 
@@ -203,8 +203,7 @@ class Sink:
                 self._kernel_copy = False
                 break
             if k == 0:
-                raise ImageError(f"the image file ends at byte {src + done:#x}, before the "
-                                 "memory its header describes")
+                raise ImageChanged(f"it ends at {src + done:#x}")
             done += k
         self.data_bytes += done
         return done
@@ -300,9 +299,11 @@ def write_output(target: str, size: int, need: int, force: bool,
         raise OutputError(f"{e}: {sink.abort()}") from None
     except SadumpError as e:
         raise ImageError(f"{e}: {sink.abort()}") from None
-    except OSError as e:
-        raise ImageError(f"reading the image failed: {e.strerror or e}: {sink.abort()}") \
-            from None
+    except OSError as e:  # writes are OutputErrors: this is the image
+        raise ImageChanged(f"{e.strerror or e}; {sink.abort()}") from None
+    except ImageChanged as e:
+        e.args = (f"{e}: {sink.abort()}",)
+        raise
     except BaseException:
         sink.abort()
         raise
