@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from construct import Bytes, Default, Int8sb, Int8ub, Int32ub, Int64ub, Padding, Struct
 
 from sadump.analysis import Analysis
-from sadump.constants import MIB
+from sadump.constants import GIB, MIB
 from sadump.errors import SadumpError
 from sadump.formats.elf import NT_PRPSINFO
 from sadump.formats.memory import Note, PhysicalMemory
@@ -184,6 +184,26 @@ def _utsname(analysis: Analysis, release: str | None, warnings: list[str]) -> di
     return uts
 
 
+#: bytes of memory a dump may hold per byte of its input file: a kdump-compressed file keeps
+#: 24 bytes of descriptor for each (even zero) 4 KiB page, 1 : 170; memory beyond this is a
+#: header's claim (an ELF p_memsz far past p_filesz), not memory, and is not written out
+CLAIM_FACTOR = 256
+
+
+def check_claim(analysis: Analysis, segs: list[Segment], fmt: str) -> None:
+    """Refuse a dump sized by a header field instead of by what the file holds."""
+    file_size = analysis.image.stored_bytes
+    if file_size is None:
+        return  # memory that no file describes: nothing to weigh
+    memory = [s for s in segs if s.what == "memory"]
+    claimed = max(s.end for s in memory) if fmt == "s390" else sum(s.size for s in memory)
+    limit = CLAIM_FACTOR * file_size + GIB
+    if claimed > limit:
+        raise SadumpError(f"the image's headers claim {claimed:#x} bytes of memory, more than "
+                          f"{CLAIM_FACTOR} times its {file_size} bytes could hold: not memory "
+                          "to dump")
+
+
 def filter_segments(analysis: Analysis, segs: list[Segment], level: int, fallback: bool,
                     fmt: str) -> tuple[list[Segment], PageFilter]:
     """Apply a dump level: makedumpfile's bitmaps over the plan's memory; for ELF the memory
@@ -216,6 +236,7 @@ def plan_dump(analysis: Analysis, path: str, fmt: str = "elf", options=None,
     segs, excluded, warnings = memory_segments(analysis, path)
     if not [s for s in segs if s.what == "memory"]:
         raise SadumpError("the image holds no memory to dump")
+    check_claim(analysis, segs, fmt)
     page_filter = None
     if dump_level:
         segs, page_filter = filter_segments(analysis, segs, dump_level, fallback, fmt)

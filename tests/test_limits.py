@@ -303,3 +303,21 @@ def test_kdump_readers_notice_a_shrunk_file(tmp_path, cls):
     with cls(str(path)) as m:
         msg = _shrink_then_read(m, path, 8 * BS, BS)
     assert msg.startswith("the image changed or could not be read while it was read")
+
+
+def test_a_zero_tail_claimed_by_a_header_is_not_streamed(tmp_path):
+    """One PT_LOAD of 4 KiB in the file whose p_memsz claims 32 TiB of zeros: no 32 TiB
+    stream, exit 4 with the reason, within seconds."""
+    import struct
+
+    path = tmp_path / "tail.elf"
+    ehdr = struct.pack(">4sBBBBB7sHHIQQQIHHHHHH", b"\x7fELF", 2, 2, 1, 0, 0, b"", 4, 22, 1,
+                       0, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+    phdr = struct.pack(">IIQQQQQQ", 1, 7, 4096, 0, 0, 4096, 1 << 45, 4096)
+    path.write_bytes(ehdr + phdr + bytes(4096 - 120) + b"\x5a" * 4096)
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "sadump", "dump", str(path), "--mode", "full",
+                        "--format", "s390", "-o", "-"], check=False, capture_output=True,
+                       timeout=60)
+    assert time.monotonic() - start < 10
+    assert r.returncode == Exit.IMAGE_ERROR and b"claim" in r.stderr and len(r.stdout) == 0

@@ -434,3 +434,22 @@ def test_since_must_be_a_number_of_seconds(tmp_path, value):
     write_with_log(ImageSpec(), filled(), tmp_path / "mem")
     result = run("dmesg", tmp_path / "mem", "--since-boot-seconds", value)
     assert result.exit_code == 2 and "not a number of seconds" in result.stderr
+
+
+def test_only_the_newest_records_are_kept(tmp_path, monkeypatch):
+    """A ring that holds more records than sadump keeps: the newest ones, and a warning."""
+    from sadump.analysis import analyse
+    from sadump.kernel import printk
+
+    log = PrbLog(count_bits=6, size_bits=12)
+    for i in range(40):
+        log.add(f"m{i}", ts_nsec=i)
+    write_with_log(ImageSpec(), log, tmp_path / "mem")
+    monkeypatch.setattr(printk, "MAX_RECORDS", 7)
+    a = analyse(str(tmp_path / "mem"))
+    try:
+        got = printk.read_kernel_log(a.kernel_memory, a.vmcoreinfo.info)
+    finally:
+        a.close()
+    assert [r.text for r in got.records] == [f"m{i}" for i in range(33, 40)]
+    assert any("only the newest 7" in w for w in got.warnings)

@@ -256,6 +256,12 @@ class PhysicalMemory(ABC):
         """Describe [start, end) (present memory) as extents; default: all "data"."""
         yield Extent(start, end - start, "data")
 
+    @property
+    def stored_bytes(self) -> int | None:
+        """Bytes of the file the memory comes from (None: not a file): what a header's claims
+        are weighed against."""
+        return None
+
     def close(self) -> None:
         """Release the file; safe to call twice."""
 
@@ -329,6 +335,10 @@ class FileImage(PhysicalMemory):
         """Exactly size bytes at offset: a file that ends early is an ImageError; one that
         shrank since it was opened, or fails to read, is ImageChanged."""
         return pread_exact(self._fd, size, offset, self.file_size)
+
+    @property
+    def stored_bytes(self) -> int | None:
+        return self.file_size
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -55,5 +55,9 @@ class SwappedMemory(PhysicalMemory):
             for e in self.base.extents(old + delta, old + delta + n):
                 yield Extent(e.paddr - delta, e.size, e.kind, e.fileno, e.file_offset)
 
+    @property
+    def stored_bytes(self) -> int | None:
+        return self.base.stored_bytes
+
     def close(self) -> None:
         self.base.close()

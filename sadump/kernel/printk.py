@@ -16,6 +16,7 @@ KernelMemory (the linear rules and the page tables).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,9 @@ MAX_SIZE_BITS = 31
 MAX_TEXT = 0xFFFF  # printk_info.text_len is a u16
 #: per-record problems listed one by one before they are only counted
 MAX_RECORD_WARNINGS = 10
+#: records kept: the newest this many (a real log holds a few thousand; the kernel's largest
+#: buffer, 2^25 bytes, holds fewer than 2^20 records of at least 32 bytes each)
+MAX_RECORDS = 1 << 20
 #: the ring loop gives up after this many descriptor ids in a row without a record (absent,
 #: recycled or never written): a damaged head/tail or count must not cost 2^31 steps
 MAX_EMPTY_RUN = 1 << 16
@@ -280,6 +284,7 @@ def _read_ringbuffer(k: _Kernel) -> KernelLog:
         span = ring.count - 1
         tail = (head - span) & DESC_ID_MASK
     problems = _Problems(log.warnings)
+    kept: deque[Record] = deque(maxlen=MAX_RECORDS)
     empty = 0  # descriptor ids in a row that gave no record
     for step in range(span + 1):  # never more than the number of descriptors
         if empty == MAX_EMPTY_RUN:
@@ -297,8 +302,9 @@ def _read_ringbuffer(k: _Kernel) -> KernelLog:
             empty += 1
             continue
         empty = 0
-        log.records.append(record)
+        kept.append(record)
     problems.close()
+    _keep_newest(log, kept, span + 1)
     if not log.records:
         log.warnings.append(f"no readable record between descriptor ids {tail:#x} and "
                             f"{head:#x}: the ring is empty or damaged")
@@ -398,6 +404,8 @@ def _read_printk_log(k: _Kernel) -> KernelLog:
         raise LogError(f"log_first_idx {first:#x} / log_next_idx {nxt:#x} lie outside the "
                        f"{buf_len:#x}-byte log_buf")
     idx, wrapped = first, False
+    kept: deque[Record] = deque(maxlen=MAX_RECORDS)
+    seen = 0
     for _ in range(buf_len // hdr + 2):  # a record is at least one header long
         if idx == nxt:
             break
@@ -432,9 +440,19 @@ def _read_printk_log(k: _Kernel) -> KernelLog:
             key, sep, value = item.decode("utf-8", "replace").partition("=")
             if sep:
                 dictionary[key] = value
-        log.records.append(Record(None, _u(head, o_ts, 8), head[o_dict_len + 3] & 7,
-                                  head[o_dict_len + 2], caller, body[:text_len], dictionary))
+        kept.append(Record(None, _u(head, o_ts, 8), head[o_dict_len + 3] & 7,
+                           head[o_dict_len + 2], caller, body[:text_len], dictionary))
+        seen += 1
         idx += length
     else:
         log.warnings.append("log_buf records do not reach log_next_idx: log cut")
+    _keep_newest(log, kept, seen)
     return log
+
+
+def _keep_newest(log: KernelLog, kept: deque, seen: int) -> None:
+    """The records kept (the newest MAX_RECORDS), and a warning when older ones were left."""
+    log.records = list(kept)
+    if len(kept) == kept.maxlen and seen > len(kept):
+        log.warnings.append(f"more than {MAX_RECORDS} records: only the newest "
+                            f"{MAX_RECORDS} are kept")
