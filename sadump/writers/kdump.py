@@ -88,7 +88,7 @@ class KdumpOptions:
     codec: str | None = None  # None: DEFAULT_CODEC
     jobs: int | None = None  # None: os.cpu_count()
     flatten: bool = False
-    #: verify.MODES; None: $SADUMP_KDUMP_VERIFY, else "memory"
+    #: verify.MODES; None: $SADUMP_VERIFY, else "memory"
     verify: str | None = None
 
 
@@ -131,7 +131,7 @@ class KdumpLayout(Layout):
 
 
 def _verify_mode(opts: KdumpOptions) -> str:
-    mode = opts.verify or os.environ.get("SADUMP_KDUMP_VERIFY") or "memory"
+    mode = opts.verify or os.environ.get("SADUMP_VERIFY") or "memory"
     if mode not in verify.MODES:
         raise CodecUnavailable(f"verify mode {mode!r}: one of {', '.join(verify.MODES)}")
     return mode
