@@ -33,7 +33,7 @@ LEVEL = 1
 #: zstd: each page is first tried at PROBE_LEVEL (fast: random pages cost little), and only
 #: the pages that get smaller there are compressed at ZSTD_LEVEL (makedumpfile -z uses 1)
 ZSTD_PROBE_LEVEL = -1
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 4
 
 
 class CodecUnavailable(SadumpError):
