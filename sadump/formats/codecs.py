@@ -32,7 +32,7 @@ PACKAGES = {"zstd": "zstandard", "lzo": "lzallright", "snappy": "cramjam"}
 LEVEL = 1
 #: zstd: each page is first tried at PROBE_LEVEL (fast: random pages cost little), and only
 #: the pages that get smaller there are compressed at ZSTD_LEVEL (makedumpfile -z uses 1)
-ZSTD_PROBE_LEVEL = -1
+ZSTD_PROBE_LEVEL = -5
 ZSTD_LEVEL = 4
 
 
