@@ -224,7 +224,7 @@ def pack_block(pfn0: int, data, codec, mode: str) -> Packed:
         data = data.read()
     crc = zlib.crc32(data) if mode == "file" else 0
     n = len(data) // PAGE_SIZE
-    if data == ZERO_BLOCK[:len(data)]:
+    if len(data) <= len(ZERO_BLOCK) and ZERO_BLOCK.startswith(data):
         return Packed(crc, None, None)
     nonzero = nonzero_pages(data)
     view = memoryview(data)
