@@ -227,6 +227,9 @@ def pack_block(pfn0: int, data, codec, mode: str) -> Packed:
     if len(data) <= len(ZERO_BLOCK) and ZERO_BLOCK.startswith(data):
         return Packed(crc, None, None)
     nonzero = nonzero_pages(data)
+    if len(nonzero) == n and codec.incompressible is not None and codec.incompressible(data):
+        # random memory, no zero page: every page raw, nothing tried page by page
+        return Packed(crc, [PAGE_SIZE] * n, [0] * n, bytes(data), n, 0)
     view = memoryview(data)
     pages = [view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in nonzero]
     compress = codec.compress_pages
