@@ -89,6 +89,28 @@ def _cuts(start: int, stop: int, patches: list[tuple[int, bytes]]):
         yield a, b, [(pa, pd) for pa, pd in patches if pa < b and pa + len(pd) > a]
 
 
+_MALLOC_TUNED = False
+
+
+def reuse_block_memory() -> None:
+    """Let freed 1 MiB blocks be reused from the heap instead of each new one being a fresh
+    mmap whose 256 pages the kernel must fault in and zero (glibc's default for blocks in
+    flight): about 0.2-0.5 s of system time per GiB. glibc only; elsewhere nothing."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, ImportError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 16 * BLOCK)  # blocks up to 16 MiB come from the heap
+    mallopt(m_trim_threshold, 64 * BLOCK)  # and up to 64 MiB freed stays for reuse
+
+
 def memory_blocks(mem: PhysicalMemory, start: int, end: int,
                   patches: list[tuple[int, bytes]] = (), *, files: bool = False,
                   split_files: bool = True, zero_span: int | None = None) -> Iterator[Block]:
@@ -96,6 +118,7 @@ def memory_blocks(mem: PhysicalMemory, start: int, end: int,
     replace memory (their blocks are "data"); files=True leaves plain file bytes unread
     ("file" blocks; split_files=False: one per extent, any length); zero_span splits
     "zero" blocks at multiples of it."""
+    reuse_block_memory()
     patches = [p for p in patches if p[0] < end and p[0] + len(p[1]) > start]
     for ext in mem.extents(start, end):
         lo, hi = max(ext.paddr, start), min(ext.paddr + ext.size, end)
