@@ -80,3 +80,24 @@ def test_real_lzo_pages_decode_as_makedumpfiles_decoder_does(real_file):
                     assert lzo1x_decompress_safe(stored, PAGE) == m.read(pfn * PAGE, PAGE)
                     seen += 1
         assert seen > 20
+
+
+def test_zstd_whole_block_test_for_random_memory():
+    zstd = codecs.get("zstd")
+    assert zstd.incompressible(os.urandom(1 << 20))
+    assert not zstd.incompressible(b"".join(sample_pages()) * 40)
+
+
+def test_random_blocks_are_stored_raw_without_page_work():
+    """A random MiB: every page raw, the payload the block itself; a zero page inside it
+    still goes to the shared zero page (the block is then not taken as a whole)."""
+    from sadump.writers.kdump import pack_block
+
+    zstd = codecs.get("zstd")
+    data = os.urandom(1 << 20)
+    packed = pack_block(0, data, zstd, "memory")
+    assert packed.sizes == [PAGE] * 256 and packed.raw == 256 and packed.payload == data
+    holed = data[:5 * PAGE] + bytes(PAGE) + data[6 * PAGE:]
+    packed = pack_block(0, holed, zstd, "memory")
+    assert packed.sizes[5] == 0 and packed.raw == 255
+    assert packed.payload == holed[:5 * PAGE] + holed[6 * PAGE:]

@@ -298,11 +298,15 @@ def corrupt_one_page(monkeypatch, codec: str = "zlib") -> None:
     monkeypatch.setitem(codecs._FACTORIES, codec, factory)
 
 
-@pytest.mark.parametrize("jobs", ["1", "3"])
-def test_a_corrupting_compressor_is_caught_and_leaves_no_file(tmp_path, monkeypatch, jobs):
+@pytest.mark.parametrize(("jobs", "verify"), [("1", "memory"), ("3", "memory"), ("1", "file"),
+                                             ("3", "file")])
+def test_a_corrupting_compressor_is_caught_and_leaves_no_file(tmp_path, monkeypatch, jobs,
+                                                               verify):
+    """Both checks catch it: the page decoded in memory, and the block read back (CRC)."""
     spec = ImageSpec(crashtime=1)
     full = write_raw(spec, tmp_path / "mem.raw")
     corrupt_one_page(monkeypatch)
+    monkeypatch.setenv("SADUMP_VERIFY", verify)
     out = tmp_path / "out" / "vmcore"
     out.parent.mkdir()
     res = dump(full, out, "--mode", "full", "--compress", "zlib", "--jobs", jobs)
@@ -311,9 +315,11 @@ def test_a_corrupting_compressor_is_caught_and_leaves_no_file(tmp_path, monkeypa
     assert list(out.parent.iterdir()) == []  # no file, no temporary file
 
 
-def test_a_corrupt_stream_ends_incomplete(tmp_path, monkeypatch):
+@pytest.mark.parametrize("verify", ["memory", "file"])
+def test_a_corrupt_stream_ends_incomplete(tmp_path, monkeypatch, verify):
     full = write_raw(ImageSpec(crashtime=1), tmp_path / "mem.raw")
     corrupt_one_page(monkeypatch)
+    monkeypatch.setenv("SADUMP_VERIFY", verify)
     res = runner.invoke(app, ["dump", str(full), "-o", "-", "--format", "kdump", "--mode",
                               "full", "--compress", "zlib"])
     assert res.exit_code == Exit.NOT_WRITTEN and "verification failed" in res.stderr
@@ -405,6 +411,22 @@ def test_a_failing_source_ends_a_stream_incomplete(image, tmp_path, monkeypatch)
             assert back.read(0, MiB) == f.read(MiB)
         with pytest.raises(AbsentMemoryError):
             back.read(63 * MiB, PAGE)
+
+
+def test_verify_none_skips_the_checks(tmp_path, monkeypatch):
+    """SADUMP_VERIFY=none: no check runs (the corrupt page is written, as asked), and the
+    --json summary says so; an unknown mode is refused before anything is written."""
+    full = write_raw(ImageSpec(crashtime=1), tmp_path / "mem.raw")
+    corrupt_one_page(monkeypatch)
+    monkeypatch.setenv("SADUMP_VERIFY", "none")
+    out = tmp_path / "vmcore"
+    res = dump(full, out, "--mode", "full", "--compress", "zlib", "--json")
+    assert res.exit_code == Exit.OK, res.stderr
+    assert json.loads(res.stdout)["output"]["kdump"]["verified"] == "not verified"
+    monkeypatch.setenv("SADUMP_VERIFY", "sometimes")
+    res = dump(full, tmp_path / "other", "--mode", "full")
+    assert res.exit_code != Exit.OK and "sometimes" in res.stderr
+    assert not (tmp_path / "other").exists()
 
 
 # ---- blocks of unaligned memory --------------------------------------------------------------------

@@ -8,6 +8,7 @@ all-zero pages cost no disk space because the file is sparse.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from sadump.constants import PAGE_SIZE
@@ -68,7 +69,14 @@ def layout(plan, options=None) -> ElfLayout:
 
 
 def write(plan, lay: ElfLayout, sink: Sink) -> None:
-    """Header and notes, then each segment's memory (read through the swap view)."""
+    """Header and notes, then each segment's memory (read through the swap view); then a
+    file (not a stream) is checked by pyelftools (writers.elfcheck) unless
+    $SADUMP_VERIFY is "none"."""
     sink.data(0, lay.header)
     for seg, off in lay.segments:
         write_memory(sink, plan.memory, seg.paddr, seg.end, off)
+    if sink.tmp is not None and os.environ.get("SADUMP_VERIFY") != "none":
+        from sadump.writers.elfcheck import check_elf
+
+        os.ftruncate(sink.fd, lay.size)  # its length, as finish() will leave it
+        check_elf(sink.tmp, lay.segments, lay.note_offset, plan.notes)

@@ -56,7 +56,6 @@ from sadump.writers.sink import OutputError
 __all__ = ["CodecUnavailable", "KdumpLayout", "KdumpOptions", "layout", "page_compressor",
            "write"]
 
-PAGE = PAGE_SIZE  # block size = s390x page size
 IN_FLIGHT = 2  # blocks per job waiting to be compressed, and to be checked (a few MiB)
 DUMP_LEVEL = 1
 DESC = PAGE_DESC_STRUCT["big"]
@@ -88,7 +87,7 @@ class KdumpOptions:
     codec: str | None = None  # None: DEFAULT_CODEC
     jobs: int | None = None  # None: os.cpu_count()
     flatten: bool = False
-    #: verify.MODES; None: $SADUMP_KDUMP_VERIFY, else "memory"
+    #: verify.MODES; None: $SADUMP_VERIFY, else "memory"
     verify: str | None = None
 
 
@@ -125,7 +124,7 @@ class KdumpLayout(Layout):
     def header(self, incomplete: bool = False) -> bytes:
         status = self.status | (DUMP_DH_COMPRESSED_INCOMPLETE if incomplete else 0)
         head = build_disk_dump_header("big", status=status, **self.header_fields)
-        return head.ljust(PAGE, b"\0")
+        return head.ljust(PAGE_SIZE, b"\0")
 
     def summary(self) -> dict:
         return {"kdump": {
@@ -136,7 +135,7 @@ class KdumpLayout(Layout):
 
 
 def _verify_mode(opts: KdumpOptions) -> str:
-    mode = opts.verify or os.environ.get("SADUMP_KDUMP_VERIFY") or "memory"
+    mode = opts.verify or os.environ.get("SADUMP_VERIFY") or "memory"
     if mode not in verify.MODES:
         raise CodecUnavailable(f"verify mode {mode!r}: one of {', '.join(verify.MODES)}")
     return mode
@@ -150,9 +149,9 @@ def layout(plan, options: KdumpOptions | None = None) -> KdumpLayout:
     page_compressor(codec)  # fail now if its package is missing
     jobs = max(1, opts.jobs or os.cpu_count() or 1)
     segments = sorted((s for s in plan.segments if s.what == "memory"), key=lambda s: s.paddr)
-    runs = page_runs(segments, PAGE)
-    if runs[-1][1] * PAGE > MAX_PHYS_ADDR:
-        raise SadumpError(f"memory reaches {runs[-1][1] * PAGE:#x}, past the 2^46 bytes of "
+    runs = page_runs(segments, PAGE_SIZE)
+    if runs[-1][1] * PAGE_SIZE > MAX_PHYS_ADDR:
+        raise SadumpError(f"memory reaches {runs[-1][1] * PAGE_SIZE:#x}, past the 2^46 bytes of "
                           "s390x physical memory a kdump bitmap covers")
     max_mapnr, level, bitmaps, read = runs[-1][1], DUMP_LEVEL, None, segments
     pf = plan.page_filter
@@ -164,10 +163,10 @@ def layout(plan, options: KdumpOptions | None = None) -> KdumpLayout:
         if not runs:
             raise SadumpError(f"dump level {pf.level} leaves no page to dump")
         max_mapnr, level, bitmaps = pf.max_mapnr, pf.level, (pf.bitmap1, pf.bitmap2)
-        read = [_Pages(s * PAGE, (e - s) * PAGE) for s, e in runs]
+        read = [_Pages(s * PAGE_SIZE, (e - s) * PAGE_SIZE) for s, e in runs]
     pages = sum(b - a for a, b in runs)
     bitmap_bytes = (max_mapnr + 7) // 8
-    bitmap_len = (bitmap_bytes + PAGE - 1) // PAGE * PAGE
+    bitmap_len = (bitmap_bytes + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
 
     # the notes as the ELF writer puts them in PT_NOTE; VMCOREINFO's text found inside them
     built = [build_note(n) for n in plan.notes]
@@ -176,14 +175,14 @@ def layout(plan, options: KdumpOptions | None = None) -> KdumpLayout:
     for i, note in enumerate(plan.notes):
         if note.name == "VMCOREINFO":
             name_size = (len(note.name) + 1 + 3) // 4 * 4
-            vmci_off = PAGE + SUB_HEADER_SIZE + sum(map(len, built[:i])) + 12 + name_size
+            vmci_off = PAGE_SIZE + SUB_HEADER_SIZE + sum(map(len, built[:i])) + 12 + name_size
             vmci_size = len(note.desc)
-    sub_hdr_size = -(-(SUB_HEADER_SIZE + len(notes)) // PAGE)
+    sub_hdr_size = -(-(SUB_HEADER_SIZE + len(notes)) // PAGE_SIZE)
     sub = build_kdump_sub_header(
         "big", phys_base=0, dump_level=level, offset_vmcoreinfo=vmci_off,
-        size_vmcoreinfo=vmci_size, offset_note=PAGE + SUB_HEADER_SIZE if notes else 0,
+        size_vmcoreinfo=vmci_size, offset_note=PAGE_SIZE + SUB_HEADER_SIZE if notes else 0,
         size_note=len(notes), max_mapnr_64=max_mapnr)
-    sub_block = (sub + notes).ljust(sub_hdr_size * PAGE, b"\0")
+    sub_block = (sub + notes).ljust(sub_hdr_size * PAGE_SIZE, b"\0")
 
     warnings: list[str] = []
     kernel = plan.kernel
@@ -196,21 +195,21 @@ def layout(plan, options: KdumpOptions | None = None) -> KdumpLayout:
                         "time of writing")
     utsname = kernel.utsname or {"sysname": "Linux", "release": kernel.release or "",
                                  "machine": "s390x"}
-    fields = {"header_version": 6, "block_size": PAGE, "sub_hdr_size": sub_hdr_size,
-              "bitmap_blocks": 2 * bitmap_len // PAGE,
+    fields = {"header_version": 6, "block_size": PAGE_SIZE, "sub_hdr_size": sub_hdr_size,
+              "bitmap_blocks": 2 * bitmap_len // PAGE_SIZE,
               "max_mapnr": min(max_mapnr, 0xFFFFFFFF),
               "nr_cpus": sum(1 for n in plan.notes if n.name == "CORE" and n.type == NT_PRSTATUS),
               "utsname": utsname, "timestamp": {"tv_sec": when, "tv_usec": 0}}
-    desc_off = (1 + sub_hdr_size) * PAGE + 2 * bitmap_len
+    desc_off = (1 + sub_hdr_size) * PAGE_SIZE + 2 * bitmap_len
     data_start = desc_off + PAGE_DESC_SIZE * pages
     # the free-space check: header, sub header, bitmaps, descriptors, zero page (and the
     # flattened records' heads) are metadata; memory is every dumped page stored raw
-    fixed = data_start + PAGE
+    fixed = data_start + PAGE_SIZE
     if opts.flatten:
         windows = sum((b - 1) // BLOCK_PAGES - a // BLOCK_PAGES + 1 for a, b in runs)
         records = 8 + 2 * (-(-bitmap_len // (1 << 20))) + 4 * (windows + len(runs))
-        fixed += PAGE + 16 * records
-    size = fixed + pages * PAGE
+        fixed += PAGE_SIZE + 16 * records
+    size = fixed + pages * PAGE_SIZE
     return KdumpLayout(size, need_bytes(plan, read, size, fixed), [(s, 0) for s in segments],
                        warnings, codec=codec, jobs=jobs, flatten=opts.flatten,
                        verify=_verify_mode(opts), runs=runs, pages=pages, max_mapnr=max_mapnr,
@@ -265,36 +264,39 @@ def pack_block(pfn0: int, data, codec, mode: str) -> Packed:
     if isinstance(data, PageBlock):
         data = data.read()
     crc = zlib.crc32(data) if mode == "file" else 0
-    n = len(data) // PAGE
-    if data == ZERO_BLOCK[:len(data)]:
+    n = len(data) // PAGE_SIZE
+    if len(data) <= len(ZERO_BLOCK) and ZERO_BLOCK.startswith(data):
         return Packed(crc, None, None)
     nonzero = nonzero_pages(data)
+    if len(nonzero) == n and codec.incompressible is not None and codec.incompressible(data):
+        # random memory, no zero page: every page raw, nothing tried page by page
+        return Packed(crc, [PAGE_SIZE] * n, [0] * n, bytes(data), n, 0)
     view = memoryview(data)
-    pages = [view[i * PAGE:(i + 1) * PAGE] for i in nonzero]
+    pages = [view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in nonzero]
     compress = codec.compress_pages
     packed = compress(pages) if compress is not None else pages
     if len(packed) != len(pages):
         raise SadumpError(f"the compressor returned {len(packed)} pages for {len(pages)}")
-    lens = [len(z) for z in packed] if compress is not None else [PAGE] * len(pages)
+    lens = [len(z) for z in packed] if compress is not None else [PAGE_SIZE] * len(pages)
     sizes, flags = [0] * n, [0] * n
-    if min(lens, default=PAGE) >= PAGE:  # nothing got smaller (random memory): all raw
+    if min(lens, default=PAGE_SIZE) >= PAGE_SIZE:  # nothing got smaller (random memory): all raw
         for i in nonzero:
-            sizes[i] = PAGE
+            sizes[i] = PAGE_SIZE
         raw = len(pages)
         payload = data if raw == n else b"".join(pages)
         return Packed(crc, sizes, flags, bytes(payload), raw, 0)
     parts, raw, frames, sources = [], 0, [], []
     flag = codec.flag
     for i, page, z, size in zip(nonzero, pages, packed, lens, strict=True):
-        if size < PAGE:
+        if size < PAGE_SIZE:
             parts.append(z)
             sizes[i], flags[i] = size, flag
             if mode == "memory":
                 frames.append(z)
-                sources.append(data[i * PAGE:(i + 1) * PAGE])
+                sources.append(data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
         else:
             parts.append(page)
-            sizes[i] = PAGE
+            sizes[i] = PAGE_SIZE
             raw += 1
     if frames and not verify.decoded_equal(codec, frames, sources):
         raise verify.mismatch(pfn0, n, "a compressed page decodes to other bytes")
@@ -372,8 +374,8 @@ def write(plan, lay: KdumpLayout, sink) -> None:
     back = None
     try:
         out.put(0, lay.header())
-        out.put(PAGE, lay.sub_block)
-        first = PAGE + len(lay.sub_block)
+        out.put(PAGE_SIZE, lay.sub_block)
+        first = PAGE_SIZE + len(lay.sub_block)
         for off, present, dumped in _bitmaps(lay):
             out.put(first + off, present)
             out.put(first + lay.bitmap_len + off, dumped)
@@ -407,8 +409,8 @@ def write(plan, lay: KdumpLayout, sink) -> None:
 def _write_pages(plan, lay: KdumpLayout, out, sink, codec, back) -> None:
     """Read blocks (this thread), compress them (the pool), write them in pfn order (this
     thread), verify="file": check each written block (the pool again)."""
-    zero_descs = DESC.pack(lay.data_start, PAGE, 0, 0) * ZERO_SPAN
-    rank, data_pos = 0, lay.data_start + PAGE
+    zero_descs = DESC.pack(lay.data_start, PAGE_SIZE, 0, 0) * ZERO_SPAN
+    rank, data_pos = 0, lay.data_start + PAGE_SIZE
     limit = IN_FLIGHT * lay.jobs
     packing, checking = Ordered(lay.jobs, limit, "kdump"), Ordered(lay.jobs, limit, "check")
     mode = lay.verify
@@ -435,7 +437,7 @@ def _write_pages(plan, lay: KdumpLayout, out, sink, codec, back) -> None:
             checking.submit(None, back.block, pfn0, n, packed.crc, descs,
                             packed.payload if back.fd < 0 else len(packed.payload),
                             desc_pos, data_pos)
-        _progress(sink, n * (PAGE + PAGE_DESC_SIZE) - sent)
+        _progress(sink, n * (PAGE_SIZE + PAGE_DESC_SIZE) - sent)
         rank += n
         data_pos += len(packed.payload)
 
@@ -471,7 +473,7 @@ def _descs(sizes: list[int], flags: list[int], pos: int, zero_off: int) -> bytes
     words = array("Q", bytes(PAGE_DESC_SIZE * n))
     if 0 in sizes:
         words[0::3] = array("Q", [o if s else zero_off for o, s in zip(offsets, sizes)])
-        words[1::3] = array("Q", [(s or PAGE) << 32 | f for s, f in zip(sizes, flags)])
+        words[1::3] = array("Q", [(s or PAGE_SIZE) << 32 | f for s, f in zip(sizes, flags)])
     else:
         del offsets[-1]
         words[0::3] = array("Q", offsets)

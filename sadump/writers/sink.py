@@ -153,7 +153,7 @@ class Sink:
     def _fill_to(self, offset: int) -> None:
         """Streams cannot seek: send zeros up to offset."""
         while self.pos < offset:
-            self._send(ZERO_BLOCK[: min(BLOCK, offset - self.pos)])
+            self._send(memoryview(ZERO_BLOCK)[: min(BLOCK, offset - self.pos)])
 
     def data(self, offset: int, buf: bytes, holes: bool = True) -> None:
         """buf at offset; in a file, all-zero pages become holes (decided per MiB first)
@@ -327,7 +327,8 @@ def write_memory(sink: Sink, mem, start: int, end: int, offset: int,
     """Memory [start, end) to the sink at `offset` (ELF and s390 data): holes for known
     zeros, plain file bytes copied by the kernel, the rest written from the block read;
     `patches` (paddr, bytes) replace memory."""
-    for blk in memory_blocks(mem, start, end, patches, files=True):
+    # whole file extents: copy_file cuts them at the output's MiB boundaries
+    for blk in memory_blocks(mem, start, end, patches, files=True, split_files=False):
         at = offset + blk.paddr - start
         if blk.kind == "zero":
             sink.zeros(at, blk.size)

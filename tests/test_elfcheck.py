@@ -1,0 +1,67 @@
+"""pyelftools as the independent reader of each written ELF dump (writers/elfcheck.py): it
+runs after every ELF dump to a file, and a header that says something other than the plan
+is a failed dump with no file left."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from typer.testing import CliRunner
+
+from sadump.analysis import analyse
+from sadump.cli import Exit, app
+from sadump.dump_plan import plan_dump, write_dump
+from sadump.writers import elf as elf_writer
+from sadump.writers.elfcheck import check_elf
+from sadump.writers.sink import OutputError
+from tests.fixtures.builder import ImageSpec, write_raw
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("elfcheck")
+    image = write_raw(ImageSpec(crashtime=1), folder / "mem.raw")
+    analysis = analyse(str(image))
+    plan = plan_dump(analysis, "full")
+    write_dump(plan, str(folder / "vmcore"), progress=False)
+    yield plan, folder / "vmcore", image
+    analysis.close()
+
+
+def test_the_written_dump_passes(written):
+    plan, path, _ = written
+    check_elf(str(path), plan.layout.segments, plan.layout.note_offset, plan.notes)
+
+
+def test_other_segments_or_notes_fail(written):
+    plan, path, _ = written
+    segs = plan.layout.segments
+    seg, off = segs[0]
+    moved = [(dataclasses.replace(seg, vaddr=seg.vaddr + 0x1000), off), *segs[1:]]
+    with pytest.raises(OutputError, match="pyelftools.*PT_LOAD"):
+        check_elf(str(path), moved, plan.layout.note_offset, plan.notes)
+    other = [*plan.notes[:-1], dataclasses.replace(plan.notes[-1], desc=b"x")]
+    with pytest.raises(OutputError, match="pyelftools.*note"):
+        check_elf(str(path), segs, plan.layout.note_offset, other)
+    with pytest.raises(OutputError, match="pyelftools"):
+        check_elf(str(path), segs, plan.layout.note_offset + 4096, plan.notes)
+
+
+def test_a_wrong_header_leaves_no_file(written, tmp_path, monkeypatch):
+    _, _, image = written
+    real = elf_writer.layout
+
+    def wrong(plan, options=None):
+        lay = real(plan, options)
+        head = bytearray(lay.header)
+        head[5] = 1  # EI_DATA little-endian: the plan said big
+        return dataclasses.replace(lay, header=bytes(head))
+
+    monkeypatch.setattr(elf_writer, "layout", wrong)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = CliRunner().invoke(app, ["dump", str(image), "-o", str(out / "vmcore")])
+    assert res.exit_code == Exit.NOT_WRITTEN, res.stderr
+    assert "pyelftools" in res.stderr and "nothing written" in res.stderr
+    assert list(out.iterdir()) == []
