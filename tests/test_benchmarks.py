@@ -8,8 +8,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from sadump.analysis import analyse
 from sadump.dump_plan import plan_dump, write_dump
-from sadump.pipeline import analyse
 from tests.fixtures.builder import ImageSpec, write_raw
 
 _spec = importlib.util.spec_from_file_location(
