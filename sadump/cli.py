@@ -252,15 +252,28 @@ def bt(
         analysis.close()
 
 
-def kdump_options(fmt: str, compress: str | None, jobs: int | None, flatten: bool,
-                  stdout: bool):
+class Verify(str, Enum):
+    memory = "memory"
+    file = "file"
+    none = "none"
+
+
+def writer_options(fmt: str, compress: str | None, jobs: int | None, flatten: bool,
+                   stdout: bool, verify: str | None):
     """--compress, --jobs, --flatten: kdump only; a codec whose package is missing is a
-    usage error. -o - implies --flatten (a plain kdump file is written out of order)."""
+    usage error. -o - implies --flatten (a plain kdump file is written out of order).
+    --verify: kdump (memory, file, none) and ELF (none skips the pyelftools check)."""
     if fmt != "kdump":
         given = [o for o, v in (("--compress", compress is not None),
                                 ("--jobs", jobs is not None), ("--flatten", flatten)) if v]
         if given:
             raise fail(Exit.USAGE, f"{', '.join(given)}: only with --format kdump")
+        if fmt == "s390" and verify is not None:
+            raise fail(Exit.USAGE, "--verify: only with --format kdump or elf")
+        if fmt == "elf":
+            from sadump.writers.elf import ElfOptions
+
+            return ElfOptions(verify)
         return None
     from sadump.writers.kdump import CodecUnavailable, KdumpOptions, page_compressor
 
@@ -271,7 +284,7 @@ def kdump_options(fmt: str, compress: str | None, jobs: int | None, flatten: boo
             page_compressor(compress)
         except CodecUnavailable as e:
             raise fail(Exit.USAGE, str(e)) from None
-    return KdumpOptions(compress, jobs, flatten or stdout)
+    return KdumpOptions(compress, jobs, flatten or stdout, verify)
 
 
 @app.command("dump")
@@ -287,8 +300,8 @@ def dump(
         "--format", help="elf (vmcore), s390 (zgetdump -f s390) or kdump (makedumpfile's "
         "kdump-compressed)")] = OutputFormat.elf,
     compress: Annotated[Codec | None, typer.Option(
-        "--compress", help="kdump: zstd | zlib | lzo | snappy | none (default: zstd if "
-        "zstandard is installed, else zlib)", show_default=False)] = None,
+        "--compress", help="kdump: how each page is compressed (default: zstd)",
+        show_default=False)] = None,
     jobs: Annotated[int | None, typer.Option(
         "--jobs", help="kdump: compression threads (default: all CPUs)",
         show_default=False)] = None,
@@ -302,6 +315,10 @@ def dump(
     dump_level_fallback: Annotated[bool, typer.Option(
         "--dump-level-fallback", help="when VMCOREINFO lacks a key that the level needs, "
         "write the highest level it allows instead of refusing")] = False,
+    verify: Annotated[Verify | None, typer.Option(
+        "--verify", help="check what was written: kdump: memory (each compressed page "
+        "decoded again, the default), file (read back from the file) or none; ELF: none "
+        "skips the pyelftools read of the finished file", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
     json_out: Annotated[bool, typer.Option(
         "--json", help="one JSON summary on stdout (on stderr with -o -)")] = False,
@@ -322,8 +339,8 @@ def dump(
     if dump_level and fmt == "s390":
         raise fail(Exit.USAGE, f"--dump-level {dump_level}: the s390 format cannot mark a page "
                    "as left out (use --format kdump or elf)")
-    kdump = kdump_options(fmt, compress.value if compress else None, jobs, flatten,
-                          output == "-")
+    options = writer_options(fmt, compress.value if compress else None, jobs, flatten,
+                             output == "-", verify.value if verify else None)
     target = output or ("dump.s390" if fmt == "s390" else "vmcore.flat" if flatten
                         else "vmcore")
     analysis = open_analysis(image, sample, input_format)
@@ -337,7 +354,7 @@ def dump(
         # a dump given as input is converted as it is: its kdump-shaped view is the input
         path = FULL if mode == "full" or decision.path == FULL else KDUMP
         try:
-            plan = plan_dump(analysis, path, fmt, kdump, dump_level, dump_level_fallback)
+            plan = plan_dump(analysis, path, fmt, options, dump_level, dump_level_fallback)
         except FilterError as e:
             raise fail(Exit.NOT_WRITTEN, f"cannot filter at dump level {dump_level}: {e}: "
                        "nothing written") from None

@@ -94,3 +94,37 @@ def test_forced_input_format(tmp_path):
     r = sadump("inspect-meminfo", "--json", "-F", "raw", path)
     assert r.returncode == Exit.FULL_DUMP
     assert json.loads(r.stdout)["image"]["format"] == "raw"
+
+
+def test_verify_option(tmp_path):
+    """--verify reaches the writers: kdump's read-back from the file, ELF's pyelftools check
+    left out with none; the s390 format has no check to choose."""
+    image = write_raw(ImageSpec(), tmp_path / "m.raw")
+    r = sadump("dump", image, "--format", "kdump", "--verify", "file", "-o", tmp_path / "k",
+               "--json")
+    assert r.returncode == Exit.OK, r.stderr
+    assert json.loads(r.stdout)["output"]["kdump"]["verified"].startswith("read back")
+    r = sadump("dump", image, "--verify", "none", "-o", tmp_path / "e")
+    assert r.returncode == Exit.OK, r.stderr
+    r = sadump("dump", image, "--format", "s390", "--verify", "none", "-o", tmp_path / "s")
+    assert r.returncode == Exit.USAGE and "--verify" in r.stderr
+    r = sadump("dump", image, "--verify", "sometimes", "-o", tmp_path / "x")
+    assert r.returncode == Exit.USAGE
+
+
+def test_verify_none_skips_the_elf_check(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sadump.cli import app
+    from sadump.writers import elfcheck
+
+    def refuse(*a, **k):
+        raise AssertionError("pyelftools check ran")
+
+    monkeypatch.setattr(elfcheck, "check_elf", refuse)
+    image = write_raw(ImageSpec(), tmp_path / "m.raw")
+    res = CliRunner().invoke(app, ["dump", str(image), "--verify", "none", "-o",
+                                   str(tmp_path / "a")])
+    assert res.exit_code == Exit.OK, res.stderr
+    res = CliRunner().invoke(app, ["dump", str(image), "-o", str(tmp_path / "b")])
+    assert res.exit_code != Exit.OK and not (tmp_path / "b").exists()

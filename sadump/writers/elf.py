@@ -34,13 +34,20 @@ def _up(n: int) -> int:
 
 
 @dataclass
+class ElfOptions:
+    #: "none": no pyelftools check of the written file; None: $SADUMP_VERIFY, else check
+    verify: str | None = None
+
+
+@dataclass
 class ElfLayout(Layout):
     header: bytes = b""  # ELF header, program headers, padding, notes
     note_offset: int = 0  # where the PT_NOTE data starts
     note_size: int = 0
+    check: bool = True  # pyelftools reads the written file back
 
 
-def layout(plan, options=None) -> ElfLayout:
+def layout(plan, options: ElfOptions | None = None) -> ElfLayout:
     """Each segment's file offset, the header bytes and the output size."""
     phnum = 1 + len(plan.segments)
     if phnum >= PN_XNUM:
@@ -64,18 +71,20 @@ def layout(plan, options=None) -> ElfLayout:
             "p_align": PAGE_SIZE}))
     head = ehdr + b"".join(phdrs)
     header = head + bytes(note_offset - len(head)) + notes
+    verify = (options.verify if options else None) or os.environ.get("SADUMP_VERIFY")
     return ElfLayout(size, need_bytes(plan, plan.segments, size, len(header)), placed,
-                     header=header, note_offset=note_offset, note_size=len(notes))
+                     header=header, note_offset=note_offset, note_size=len(notes),
+                     check=verify != "none")
 
 
 def write(plan, lay: ElfLayout, sink: Sink) -> None:
     """Header and notes, then each segment's memory (read through the swap view); then a
-    file (not a stream) is checked by pyelftools (writers.elfcheck) unless
-    $SADUMP_VERIFY is "none"."""
+    file (not a stream) is checked by pyelftools (writers.elfcheck) unless --verify none
+    (or $SADUMP_VERIFY=none)."""
     sink.data(0, lay.header)
     for seg, off in lay.segments:
         write_memory(sink, plan.memory, seg.paddr, seg.end, off)
-    if sink.tmp is not None and os.environ.get("SADUMP_VERIFY") != "none":
+    if sink.tmp is not None and lay.check:
         from sadump.writers.elfcheck import check_elf
 
         os.ftruncate(sink.fd, lay.size)  # its length, as finish() will leave it
