@@ -291,3 +291,26 @@ def test_dump_of_a_sparse_elf_reads_only_its_data(tmp_path, monkeypatch):
     with ElfCore(str(tmp_path / "vmcore")) as core, ElfCore(str(path)) as src:
         for paddr in range(0, 256 * MiB, 4 * MiB):
             assert core.read(paddr, PAGE) == src.read(paddr, PAGE)
+
+
+def test_dense_data_is_copied_mostly_unread(tmp_path, monkeypatch):
+    """40 MiB without a zero page: after a few MiB read and found dense, the kernel copies the
+    rest unread (only each MiB's first and last page are looked at); the bytes are the
+    input's, and a stretch of zero pages after the dense part is found again: holes."""
+    rng = random.Random(5)
+    dense = rng.randbytes(40 * MiB)
+    data = dense + bytes(8 * MiB) + rng.randbytes(MiB)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    read = []
+    real = writing.pread_exact
+
+    def pread(fd, n, offset, *a):
+        read.append(n)
+        return real(fd, n, offset, *a)
+
+    monkeypatch.setattr(writing, "pread_exact", pread)
+    out, _ = copy_out(tmp_path, src, "out", len(data))
+    assert out.read_bytes() == data
+    assert sum(read) <= 14 * MiB  # 4 MiB to learn it is dense, 2 pages a MiB, zeros, tail
+    assert out.stat().st_blocks * 512 <= len(data) - 7 * MiB  # the zero stretch is a hole

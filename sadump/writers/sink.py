@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from sadump.constants import MIB, PAGE_SIZE, mib
 from sadump.errors import ImageChanged, ImageError, SadumpError
 from sadump.formats.memory import pread_exact
-from sadump.writers.blocks import BLOCK, ZERO_BLOCK, memory_blocks, nonzero_runs
+from sadump.writers.blocks import BLOCK, ZERO_BLOCK, ZERO_PAGE, memory_blocks, nonzero_runs
 
 #: room left free on top of what the dump needs (metadata of a large sparse file)
 FREE_SPACE_MARGIN = 1 << 20
 #: copy_file_range errors that mean "not here" (old kernel, other file systems): write instead
 NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
+#: after this many MiB in a row without a zero page, a MiB whose first and last pages are
+#: not zero is copied by the kernel unread
+DENSE_AFTER = 4
 
 
 class OutputError(SadumpError):
@@ -64,6 +67,7 @@ class Sink:
         self.fd = -1
         self.stream = None
         self._kernel_copy = True  # copy_file_range works here (until it says otherwise)
+        self._dense = 0  # MiB in a row read without a zero page
         self.start = time.monotonic()
         if target == "-":
             self.stream = sys.stdout.buffer
@@ -171,24 +175,44 @@ class Sink:
         self._advance(n)
 
     def copy_file(self, offset: int, fd: int, src: int, n: int) -> None:
-        """n bytes of file fd at src to offset. Each MiB is read once to find its zero pages
-        (holes); into a file the others are then copied by the kernel, not through Python."""
+        """n bytes of file fd at src to offset. A MiB is read to find its zero pages (holes);
+        into a file the others are then copied by the kernel, not through Python. Where MiB
+        after MiB holds no zero page (dense memory), a MiB whose first and last pages are not
+        zero is copied by the kernel unread: dense data crosses memory once (a zero page in
+        the middle of such a MiB is then copied, not a hole)."""
         pos = 0
         while pos < n:
             k = min(BLOCK - (offset + pos) % BLOCK, n - pos)
             if (offset + pos) % PAGE_SIZE:  # a partial first page alone: then pages line up
                 k = min(PAGE_SIZE - (offset + pos) % PAGE_SIZE, n - pos)
+            elif (self.stream is None and self._dense >= DENSE_AFTER and self._kernel_copy
+                  and k == BLOCK and self._edges_dense(fd, src + pos)):
+                done = self._copy_range(fd, src + pos, offset + pos, k)
+                if done:
+                    self._advance(done)
+                    pos += done
+                    continue
             buf = pread_exact(fd, k, src + pos)
             if self.stream is not None:
                 self.data(offset + pos, buf)
             else:
                 view = memoryview(buf)
-                for a, b in nonzero_runs(buf):
+                runs = nonzero_runs(buf)
+                # a whole MiB without a zero page counts toward copying unread
+                dense = k == BLOCK and runs == [(0, k)]
+                self._dense = self._dense + 1 if dense else 0
+                for a, b in runs:
                     done = self._copy_range(fd, src + pos + a, offset + pos + a, b - a)
                     if a + done < b:  # the kernel cannot here: write the bytes read
                         self._pwrite(offset + pos + a + done, view[a + done:b])
                 self._advance(k)
             pos += k
+
+    @staticmethod
+    def _edges_dense(fd: int, src: int) -> bool:
+        """Neither the first nor the last page of the MiB at src is all zero."""
+        return all(pread_exact(fd, PAGE_SIZE, at) != ZERO_PAGE
+                   for at in (src, src + BLOCK - PAGE_SIZE))
 
     def _copy_range(self, fd: int, src: int, dst: int, n: int) -> int:
         """copy_file_range; return the bytes copied (fewer where the kernel cannot)."""
