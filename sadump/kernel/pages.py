@@ -154,11 +154,9 @@ def _phys_runs(kmem, vaddr: int, size: int) -> list[tuple[int, int]]:
     contiguous; TranslationError (a SadumpError) at an unmapped page.
 
     Same result as KernelMemory.runs(); for page-table-mapped memory (the vmemmap) it takes
-    each 1 MiB segment's page table from KernelMemory's segment cache and turns its 256 PTEs
+    each 1 MiB segment's page table (KernelMemory.segment_table) and turns its 256 PTEs
     into runs with numpy, instead of one Python step per 4 KiB page."""
-    segment, layout = getattr(kmem, "_segment", None), getattr(kmem, "layout", None)
-    if segment is None or layout is None:
-        return [(p, n) for _, p, n in kmem.runs(vaddr, size)]
+    segment, layout = kmem.segment_table, kmem.layout
     out: list[list[int]] = []
 
     def add(paddr: int, n: int) -> None:

@@ -142,8 +142,11 @@ class KernelMemory:
             raise TranslationError(f"DAT table entry at {paddr:#x} is not readable: {e}") \
                 from None
 
-    def _segment(self, vaddr: int) -> tuple[str, object]:
-        """("frame", physical base of the 1 MiB) or ("ptes", 256 entries) for vaddr's MiB."""
+    def segment_table(self, vaddr: int) -> tuple[str, object]:
+        """How the page tables map vaddr's MiB: ("frame", physical base of a large 1 MiB
+        frame) or ("ptes", its 256 page-table entries), cached; TranslationError when the
+        region or segment tables do not map it. Bulk readers (the vmemmap walk of the dump
+        levels) turn the entries into runs themselves."""
         key = vaddr >> SEGMENT_SHIFT
         hit = self._segments.get(key)
         if hit is not None:
@@ -168,7 +171,7 @@ class KernelMemory:
         return result
 
     def _walk(self, vaddr: int) -> int:
-        kind, value = self._segment(vaddr)
+        kind, value = self.segment_table(vaddr)
         if kind == "frame":
             return value | (vaddr & SEGMENT_MASK)
         pte = value[(vaddr >> 12) & 0xFF]
