@@ -204,18 +204,33 @@ def check_claim(analysis: Analysis, segs: list[Segment], fmt: str) -> None:
                           "to dump")
 
 
+def recorded_pfns(analysis: Analysis, excluded: tuple | None) -> list | None:
+    """The pfn ranges a filtered kdump input recorded in its 1st bitmap (the crashkernel left
+    out on the kdump path), when they hold more than the pages it dumped; else None."""
+    from sadump.kernel.mem_section import pfn_ranges
+
+    recorded = analysis.memory.recorded_ranges()
+    if recorded is None or list(recorded) == list(analysis.memory.ranges()):
+        return None
+    leave_out = (excluded[0], excluded[1] - excluded[0]) if excluded else None
+    return pfn_ranges(recorded, leave_out)
+
+
 def filter_segments(analysis: Analysis, segs: list[Segment], level: int, fallback: bool,
-                    fmt: str) -> tuple[list[Segment], PageFilter]:
+                    fmt: str, excluded: tuple | None = None) -> tuple[list[Segment], PageFilter]:
     """Apply a dump level: makedumpfile's bitmaps over the plan's memory; for ELF the memory
     segments become the runs that the 2nd bitmap keeps (zero pages left out too)."""
     from sadump.kernel.mem_section import pfn_ranges
-    from sadump.page_filter import kept_runs, plan_page_filter
+    from sadump.page_filter import keep_recorded, kept_runs, plan_page_filter
 
     memory = [s for s in segs if s.what == "memory"]
     present = pfn_ranges([(s.paddr, s.end) for s in memory])
     pf = plan_page_filter(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
                           present, level, fallback, drop_zero_pages=fmt == "elf")
     if fmt != "elf":
+        recorded = recorded_pfns(analysis, excluded)
+        if recorded is not None:
+            keep_recorded(pf, recorded, analysis.memory.dump_level or 0)
         return segs, pf
     shift = memory[0].vaddr - memory[0].paddr  # the identity map's base, as memory_segments
     kept = [Segment(s, s + shift, e - s) for s, e in kept_runs(pf)]
@@ -239,10 +254,17 @@ def plan_dump(analysis: Analysis, path: str, fmt: str = "elf", options=None,
     check_claim(analysis, segs, fmt)
     page_filter = None
     if dump_level:
-        segs, page_filter = filter_segments(analysis, segs, dump_level, fallback, fmt)
+        segs, page_filter = filter_segments(analysis, segs, dump_level, fallback, fmt,
+                                            excluded)
         warnings += page_filter.warnings
         if not segs:
             raise SadumpError(f"dump level {page_filter.level} leaves no page to dump")
+    elif fmt == "kdump" and (recorded := recorded_pfns(analysis, excluded)) is not None:
+        from sadump.kernel.mem_section import pfn_ranges
+        from sadump.page_filter import recorded_filter
+
+        present = pfn_ranges([(s.paddr, s.end) for s in segs if s.what == "memory"])
+        page_filter = recorded_filter(present, recorded, analysis.memory.dump_level or 0)
     cpus = analysis.cpus()
     notes = [prpsinfo_note(), *cpu_notes(cpus.cpus)]
     vmci = vmcoreinfo_note(analysis)

@@ -19,7 +19,15 @@ from sadump.constants import PAGE_SHIFT, PAGE_SIZE
 from sadump.errors import SadumpError
 from sadump.formats.memory import PhysicalMemory
 from sadump.kernel.mem_section import DL_ZERO, FilterError, MissingKeyError, filter_keys
-from sadump.kernel.pages import Filtered, bitmap_bytes, filter_pages, zero_pages
+from sadump.kernel.pages import (
+    CLASS_NAMES,
+    Filtered,
+    bitmap_bytes,
+    bitmap_from_ranges,
+    count_bits,
+    filter_pages,
+    zero_pages,
+)
 from sadump.kernel.translate import KernelMemory
 from sadump.kernel.vmcoreinfo import VmcoreInfo
 
@@ -175,3 +183,28 @@ def kept_runs(pf: PageFilter, gap: int = PFN_EXCLUDED) -> list[tuple[int, int]]:
             else:
                 out.append([s, e])
     return [(s * PAGE_SIZE, e * PAGE_SIZE) for s, e in out]
+
+
+# ---- a dump given as input that was filtered before -----------------------------------------
+
+def keep_recorded(pf: PageFilter, recorded: list[tuple[int, int]], input_level: int) -> None:
+    """A kdump file filtered before (makedumpfile -d, sadump -d) records in its 1st bitmap the
+    memory the system had, dumped or not: keep that in the 1st bitmap (readers then say
+    "excluded", not "not in the dump", for the pages the first filter left out), and the
+    level it was filtered at in the level (makedumpfile ORs them when it refilters)."""
+    wider = bitmap_from_ranges(recorded, pf.max_mapnr)
+    pf.result.bitmap1 = np.bitwise_or(pf.result.bitmap1, wider)
+    pf.result.present = count_bits(pf.result.bitmap1)
+    pf.level |= input_level
+
+
+def recorded_filter(present: list[tuple[int, int]], recorded: list[tuple[int, int]],
+                    input_level: int) -> PageFilter:
+    """No dump level asked for, a filtered kdump file as input: its two bitmaps as they are
+    (the pages it holds are all written) and its level."""
+    max_mapnr = max((e for _, e in [*present, *recorded]), default=0)
+    second = bitmap_from_ranges(present, max_mapnr)
+    first = np.bitwise_or(bitmap_from_ranges(recorded, max_mapnr), second)
+    result = Filtered(input_level, max_mapnr, first, second,
+                      dict.fromkeys(CLASS_NAMES.values(), 0), count_bits(first))
+    return PageFilter(input_level, input_level, result)

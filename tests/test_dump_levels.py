@@ -271,3 +271,25 @@ def test_bitmaps_are_not_sized_by_a_wild_address():
     check_bitmap_size([(0, 0x40000)])  # 1 GiB of memory: 32 KiB bitmaps
     with pytest.raises(FilterError, match="bitmaps would take"):
         check_bitmap_size([(0, 1), ((1 << 45) >> 12, ((1 << 45) >> 12) + 1)])
+
+
+@pytest.mark.parametrize("name, args", [
+    ("rimg-kdump.makedumpfile-l-d31.kdump", []),  # LZO to zstd: a conversion, no level
+    ("rimg-kdump.makedumpfile-c-d31.kdump", ["-d", "31"]),  # refiltered at the same level
+    ("rimg-kdump.makedumpfile-c-d31.kdump", ["-d", "1"]),  # a lower level: ORed, as makedumpfile
+])
+def test_a_filtered_kdump_input_keeps_its_bitmaps(real_file, tmp_path, name, args):
+    """makedumpfile's -d 31 file as input: its 1st bitmap (the memory the system had) and its
+    level stay in sadump's output, so readers still see the left-out pages as excluded."""
+    from sadump.formats.kdump import KdumpFile
+
+    out = tmp_path / "out.kdump"
+    res = run("dump", real_file(name), "--format", "kdump", "-o", out, *args)
+    assert res.exit_code == Exit.OK, res.stderr
+    ours, theirs = kdump_parts(out), kdump_parts(real_file("filter/rimg-kdump.d31.bitmaps"))
+    for key in ("bitmap1", "bitmap2", "max_mapnr", "dump_level"):
+        assert ours[key] == theirs[key], key
+    with KdumpFile(str(real_file(name))) as src, KdumpFile(str(out)) as back:
+        assert back.ranges() == src.ranges()
+        for s, e in list(back.ranges())[:8]:
+            assert back.read(s, min(e - s, 1 << 20)) == src.read(s, min(e - s, 1 << 20))

@@ -336,7 +336,9 @@ class _KdumpBase(FileImage):
                 f"bitmap_blocks gives {bitmap_len:#x}"
             )
         self._mapnr = mapnr
+        self._bitmap1 = (1 + h.sub_hdr_size) * bs
         self._bitmap2 = (1 + h.sub_hdr_size + h.bitmap_blocks // 2) * bs
+        self._recorded: RangeList | bool | None = None
         self._desc_off = bitmaps_end
 
         uts = {name: getattr(h.utsname, name) for name in UTS_FIELDS}
@@ -456,15 +458,29 @@ class _KdumpBase(FileImage):
                 lo = mid + 1
         return blk * bits + lo
 
-    def _runs(self, end_pfn: int) -> RangeList:
-        """Runs of set bits below end_pfn as byte ranges, found by the regex engine on the
-        bits of one chunk at a time (no Python work per bit)."""
+    def recorded_ranges(self) -> RangeList | None:
+        """The 1st bitmap as byte ranges: the memory the dumped system had, dumped or left out
+        by a dump level (None when it cannot be read or is too fragmented)."""
+        if self._recorded is None:
+            try:
+                self._recorded = self._runs(self._mapnr, self._bitmap1, "1st")
+            except ImageError as e:
+                self.warnings.append(f"1st bitmap not used: {e}")
+                self._recorded = False
+        return self._recorded or None
+
+    def _runs(self, end_pfn: int, bitmap: int | None = None, which: str = "2nd") -> RangeList:
+        """Runs of set bits below end_pfn (of the 2nd bitmap, or of the bitmap at file offset
+        `bitmap`) as byte ranges, found by the regex engine on the bits of one chunk at a time
+        (no Python work per bit)."""
         bs = self.block_size
+        bitmap = self._bitmap2 if bitmap is None else bitmap
+        kind = "dumped" if which == "2nd" else "present"
         starts, ends = array("Q"), array("Q")
         chunk_bits = _BITMAP_CHUNK * 8
         for pfn0 in range(0, end_pfn, chunk_bits):
             n = min(chunk_bits, end_pfn - pfn0)
-            raw = self._pread(self._bitmap2 + pfn0 // 8, (n + 7) // 8)
+            raw = self._pread(bitmap + pfn0 // 8, (n + 7) // 8)
             x = int.from_bytes(raw, "little") & ((1 << n) - 1)
             if not x:
                 continue
@@ -476,7 +492,7 @@ class _KdumpBase(FileImage):
                     continue
                 if len(starts) == MAX_RUNS:
                     raise self._fail(
-                        f"the 2nd bitmap holds more than {MAX_RUNS} runs of dumped pages "
+                        f"the {which} bitmap holds more than {MAX_RUNS} runs of {kind} pages "
                         f"(from pfn {a // bs:#x} on): too fragmented to be a dump sadump reads")
                 starts.append(a)
                 ends.append(b)

@@ -256,6 +256,11 @@ class PhysicalMemory(ABC):
         """Describe [start, end) (present memory) as extents; default: all "data"."""
         yield Extent(start, end - start, "data")
 
+    def recorded_ranges(self):
+        """Memory the input says the system had, dumped or left out (a kdump-compressed
+        file's 1st bitmap, as byte ranges); None: the same as ranges() (other formats)."""
+        return
+
     @property
     def stored_bytes(self) -> int | None:
         """Bytes of the file the memory comes from (None: not a file): what a header's claims
