@@ -240,8 +240,8 @@ def bt(
         if cpu is not None and not result.cpus:
             raise fail(Exit.USAGE, f"--cpu {cpu}: no such CPU in this image")
         if not result.cpus:
-            raise fail(Exit.IMAGE_ERROR, "no CPUs found: " + ("; ".join(result.warnings)
-                                                              or "lowcore_ptr lists none"))
+            why = "; ".join(dict.fromkeys(result.warnings)) or "lowcore_ptr lists none"
+            raise fail(Exit.IMAGE_ERROR, f"no CPUs found: {why}")
         for w in analysis.warnings + result.warnings:
             err(f"warning: {w}")
         if json_out:

@@ -146,12 +146,10 @@ def from_notes(notes: list[Note]) -> tuple[list[CpuState], list[str]]:
     return cpus, warnings
 
 
-def lowcore_addresses(memory: PhysicalMemory, kmem: KernelMemory,
-                      info: VmcoreInfo | None) -> tuple[list[int], list[str]]:
-    """Physical addresses of every CPU's lowcore: the s390 dump header's prefix list when
-    the input is one, else the VMCOREINFO array lowcore_ptr[LENGTH] (virtual pointers)."""
-    if memory.cpu_prefixes:
-        return [p for p in memory.cpu_prefixes if p], []
+def lowcore_table(kmem: KernelMemory,
+                  info: VmcoreInfo | None) -> tuple[list[tuple[int, int]], list[str]]:
+    """(cpu number, physical lowcore) of each non-zero VMCOREINFO lowcore_ptr[LENGTH] entry
+    (identity-virtual pointers); LENGTH is capped at MAX_CPUS."""
     if info is None:
         return [], ["no VMCOREINFO: the CPUs' lowcores (lowcore_ptr) cannot be found"]
     sym, count = info.symbol("lowcore_ptr"), info.length("lowcore_ptr")
@@ -165,16 +163,26 @@ def lowcore_addresses(memory: PhysicalMemory, kmem: KernelMemory,
         raw = kmem.read(sym, 8 * count)
     except SadumpError as e:
         return [], warnings + [f"lowcore_ptr table at {sym:#x} is not readable: {e}"]
-    ptrs = [int.from_bytes(raw[i:i + 8], "big") for i in range(0, len(raw), 8)]
     out = []
-    for p in ptrs:
-        if not p:
+    for cpu in range(count):
+        ptr = int.from_bytes(raw[8 * cpu:8 * cpu + 8], "big")
+        if not ptr:
             continue
         try:
-            out.append(kmem.to_physical(p))
+            out.append((cpu, kmem.to_physical(ptr)))
         except SadumpError as e:
-            warnings.append(f"lowcore pointer {p:#x}: {e}")
+            warnings.append(f"CPU {cpu}: lowcore pointer {ptr:#x}: {e}")
     return out, warnings
+
+
+def lowcore_addresses(memory: PhysicalMemory, kmem: KernelMemory,
+                      info: VmcoreInfo | None) -> tuple[list[int], list[str]]:
+    """Physical addresses of every CPU's lowcore: the s390 dump header's prefix list when
+    the input is one, else lowcore_ptr (lowcore_table)."""
+    if memory.cpu_prefixes:
+        return [p for p in memory.cpu_prefixes if p], []
+    table, warnings = lowcore_table(kmem, info)
+    return [p for _, p in table], warnings
 
 
 def from_memory(mem: PhysicalMemory, lowcores: list[int]) -> tuple[list[CpuState], list[str]]:

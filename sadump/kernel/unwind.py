@@ -263,36 +263,6 @@ class Backtraces:
     warnings: list[str] = field(default_factory=list)
 
 
-def lowcore_table(analysis) -> tuple[list[tuple[int, int]], list[str]]:
-    """(cpu, physical lowcore) for each non-zero lowcore_ptr[cpu] (VMCOREINFO SYMBOL and
-    LENGTH of lowcore_ptr, identity-virtual pointers)."""
-    from sadump.kernel.cpus import MAX_CPUS
-
-    info = analysis.vmcoreinfo.info
-    if info is None:
-        return [], ["no VMCOREINFO: the CPUs' lowcores (lowcore_ptr) are unknown"]
-    sym, count = info.symbol("lowcore_ptr"), info.length("lowcore_ptr")
-    if sym is None or count is None:
-        return [], ["VMCOREINFO has no SYMBOL(lowcore_ptr)/LENGTH(lowcore_ptr)"]
-    if not 0 < count <= MAX_CPUS:
-        return [], [f"LENGTH(lowcore_ptr)={count} is out of range"]
-    kmem = analysis.kernel_memory
-    try:
-        raw = kmem.read(sym, 8 * count)
-    except SadumpError as e:
-        return [], [f"lowcore_ptr at {sym:#x} is not readable: {e}"]
-    out, warnings = [], []
-    for cpu in range(count):
-        ptr = int.from_bytes(raw[8 * cpu:8 * cpu + 8], "big")
-        if not ptr:
-            continue
-        try:
-            out.append((cpu, kmem.to_physical(ptr)))
-        except SadumpError as e:
-            warnings.append(f"CPU {cpu}: lowcore pointer {ptr:#x}: {e}")
-    return out, warnings
-
-
 def cpu_registers(analysis) -> tuple[list[tuple[int, Registers]], str, list[str]]:
     """The one place that asks for the CPUs' registers (Analysis.cpus(): the register notes,
     else the store-status save areas): (prefix, registers), the source, warnings."""
@@ -372,6 +342,7 @@ def _maybe_text(addr: int) -> bool:
 def backtraces(analysis, cpu: int | None = None) -> Backtraces:
     """Every CPU's backtrace (or only CPU `cpu`): lowcores from lowcore_ptr, registers
     matched to them by prefix, symbols from kallsyms when VMCOREINFO has it."""
+    from sadump.kernel.cpus import lowcore_table
     from sadump.kernel.kallsyms import KallsymsError, decode
 
     warnings: list[str] = []
@@ -381,7 +352,7 @@ def backtraces(analysis, cpu: int | None = None) -> Backtraces:
     except KallsymsError as e:
         syms_error = str(e)
     size = thread_size(syms)
-    lowcores, w = lowcore_table(analysis)
+    lowcores, w = lowcore_table(analysis.kernel_memory, analysis.vmcoreinfo.info)
     warnings += w
     try:
         regs, source, w = cpu_registers(analysis)
