@@ -179,7 +179,8 @@ def panic_backtraces(analysis) -> Backtraces | None:
     from sadump.kernel.unwind import backtraces
 
     try:
-        bt = backtraces(analysis)
+        bt = backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
+                        analysis.cpus)
     except SadumpError:
         return None
     if not bt.cpus:

@@ -236,7 +236,8 @@ def bt(
 
     analysis = open_analysis(source, False, input_format)
     try:
-        result = backtraces(analysis, cpu)
+        result = backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
+                                analysis.cpus, cpu)
         if cpu is not None and not result.cpus:
             raise fail(Exit.USAGE, f"--cpu {cpu}: no such CPU in this image")
         if not result.cpus:

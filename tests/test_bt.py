@@ -119,7 +119,8 @@ def details(path) -> list[tuple[str | None, str]]:
     """(what the CPU was doing, why its frames end) per CPU: the text form's lines."""
     analysis = analyse(str(path))
     try:
-        bt = backtraces(analysis)
+        bt = backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
+                        analysis.cpus)
     finally:
         analysis.close()
     return [(doing(bt, t), ending(t)) for t in bt.cpus]
@@ -258,7 +259,8 @@ def test_fast(real_file):
     analysis = analyse(str(real_file("rimg-kdump.proc-vmcore.elf")))
     try:
         start = time.perf_counter()
-        bt = backtraces(analysis)
+        bt = backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
+                        analysis.cpus)
         text_lines(bt)
         seconds = time.perf_counter() - start
     finally:
@@ -404,7 +406,8 @@ def test_synthetic_new_layouts(tmp_path, kernel):
             for f in doc["cpus"][0]["frames"]] == CPU0_FRAMES
     analysis = analyse(str(path))
     try:
-        bt = backtraces(analysis)
+        bt = backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
+                        analysis.cpus)
     finally:
         analysis.close()
     assert bt.symbols.encoding == ("place-relative" if kernel == "7.0" else "relative-base")

@@ -22,9 +22,14 @@ stacks), one page at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sadump.errors import SadumpError
+from sadump.formats.memory import PhysicalMemory
+from sadump.kernel.cpus import CpuFinding
+from sadump.kernel.translate import KernelMemory
+from sadump.kernel.vmcoreinfo import VmcoreInfo
 
 KIB = 1 << 10
 PAGE = 4096
@@ -263,10 +268,9 @@ class Backtraces:
     warnings: list[str] = field(default_factory=list)
 
 
-def cpu_registers(analysis) -> tuple[list[tuple[int, Registers]], str, list[str]]:
-    """The one place that asks for the CPUs' registers (Analysis.cpus(): the register notes,
-    else the store-status save areas): (prefix, registers), the source, warnings."""
-    found = analysis.cpus()
+def cpu_registers(found: CpuFinding) -> tuple[list[tuple[int, Registers]], str, list[str]]:
+    """The CPUs' registers as kernel/cpus found them (the register notes, else the
+    store-status save areas): (prefix, registers), the source, warnings."""
     regs = [(c.prefix, Registers(c.psw_mask, c.psw_addr, tuple(c.gprs))) for c in found.cpus]
     return regs, found.source, [w for w in found.warnings
                                 if not w.startswith("no CPU has a stored status")]
@@ -313,10 +317,10 @@ def _u64(raw: bytes, offset: int) -> int:
     return int.from_bytes(raw[at:at + 8], "big")
 
 
-def trace_cpu(analysis, cpu: int, lowcore: int, regs: Registers | None, source: str | None,
+def trace_cpu(memory: PhysicalMemory, kmem: KernelMemory, cpu: int, lowcore: int, regs: Registers | None, source: str | None,
               syms, size: int) -> CpuTrace:
     t = CpuTrace(cpu, lowcore, regs=regs, regs_source=source)
-    raw, t.problem = _lowcore_fields(analysis.memory, lowcore)
+    raw, t.problem = _lowcore_fields(memory, lowcore)
     if raw is not None:
         t.task = _u64(raw, LC_CURRENT_TASK)
         at = LC_CURRENT_PID - LC_FIELDS_START
@@ -328,7 +332,7 @@ def trace_cpu(analysis, cpu: int, lowcore: int, regs: Registers | None, source: 
         return t
     if raw is None:
         return t
-    reader = StackReader(analysis.kernel_memory)
+    reader = StackReader(kmem)
     is_text = syms.is_text if syms is not None else _maybe_text
     t.walk = walk(reader.u64, regs, t.stacks, is_text)
     return t
@@ -339,23 +343,25 @@ def _maybe_text(addr: int) -> bool:
     return addr != 0 and addr % 2 == 0
 
 
-def backtraces(analysis, cpu: int | None = None) -> Backtraces:
+def backtraces(memory: PhysicalMemory, kmem: KernelMemory, info: VmcoreInfo | None,
+               cpus: Callable[[], CpuFinding], cpu: int | None = None) -> Backtraces:
     """Every CPU's backtrace (or only CPU `cpu`): lowcores from lowcore_ptr, registers
-    matched to them by prefix, symbols from kallsyms when VMCOREINFO has it."""
+    (cpus(): Analysis.cpus) matched to them by prefix, symbols from kallsyms when VMCOREINFO
+    has it."""
     from sadump.kernel.cpus import lowcore_table
     from sadump.kernel.kallsyms import KallsymsError, decode
 
     warnings: list[str] = []
     syms, syms_error = None, None
     try:
-        syms = decode(analysis.vmcoreinfo.info, analysis.kernel_memory)
+        syms = decode(info, kmem)
     except KallsymsError as e:
         syms_error = str(e)
     size = thread_size(syms)
-    lowcores, w = lowcore_table(analysis.kernel_memory, analysis.vmcoreinfo.info)
+    lowcores, w = lowcore_table(kmem, info)
     warnings += w
     try:
-        regs, source, w = cpu_registers(analysis)
+        regs, source, w = cpu_registers(cpus())
     except SadumpError as e:
         regs, source, w = [], "none", [f"CPU registers not readable: {e}"]
     warnings += w
@@ -369,6 +375,7 @@ def backtraces(analysis, cpu: int | None = None) -> Backtraces:
             continue
         r, src = by_lowcore.get(lowcore), source
         if r is None:
-            r, src = _save_area_registers(analysis.memory, lowcore), "save area"
-        traces.append(trace_cpu(analysis, number, lowcore, r, src if r else None, syms, size))
+            r, src = _save_area_registers(memory, lowcore), "save area"
+        traces.append(trace_cpu(memory, kmem, number, lowcore, r, src if r else None, syms,
+                                size))
     return Backtraces(traces, syms, syms_error, warnings)
