@@ -84,6 +84,15 @@ VERSUS: list[Path] = []  # --versus: another tree, run side by side
 
 def use_tree(tree: Path) -> None:
     TREE[0] = tree
+    compile_tree(tree)
+
+
+def compile_tree(tree: Path) -> None:
+    """Byte-compile the tree's sadump once, as `pip install` does for an installed one: with
+    PYTHONDONTWRITEBYTECODE set (as on the development machines) every run would otherwise
+    compile its modules again, some 50 ms that no installed sadump pays."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "sadump")],
+                   check=True, stdout=subprocess.DEVNULL)
 
 
 def tree_env(tree: Path) -> dict[str, str]:
@@ -535,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.versus:
         VERSUS.append(Path(args.versus).resolve())
+        compile_tree(VERSUS[0])
     cases = build_cases(files, cold, has_kdump_format(TREE[0]),
                         bool(VERSUS) and has_kdump_format(VERSUS[0]))
     words = [w for w in args.only.split(",") if w]
