@@ -45,6 +45,7 @@ from sadump.kernel.mem_section import filter_keys, pfn_ranges
 from sadump.kernel.pages import filter_levels, filter_pages
 from sadump.kernel.translate import kernel_memory
 from sadump.kernel.vmcoreinfo import VmcoreInfo
+from tests.fixtures.pagemachine import KEYS_61
 
 GIB, PAGE = 1 << 30, 4096
 SECTION = 1 << 16
@@ -53,34 +54,8 @@ PGD, SEG, PT = 0x10000, 0x14000, 0x200000  # region-third, segment table, page t
 MEM_SECTION, SECTIONS, HIGH_MEMORY = 0x20000, 0x21000, 0x30000
 STRUCT_PAGES = 0x40000000  # 1 GiB: the vmemmap's physical home
 
-VMCOREINFO = f"""OSRELEASE=6.1.0
-PAGESIZE=4096
-SYMBOL(swapper_pg_dir)={PGD:x}
-SYMBOL(mem_section)={MEM_SECTION:x}
-SYMBOL(high_memory)={HIGH_MEMORY:x}
-LENGTH(mem_section)=1024
-SIZE(mem_section)=16
-OFFSET(mem_section.section_mem_map)=0
-NUMBER(SECTION_SIZE_BITS)=28
-NUMBER(MAX_PHYSMEM_BITS)=46
-SIZE(page)=64
-OFFSET(page.flags)=0
-OFFSET(page._refcount)=52
-OFFSET(page.mapping)=24
-OFFSET(page._mapcount)=48
-OFFSET(page.private)=40
-OFFSET(page.compound_dtor)=16
-OFFSET(page.compound_order)=17
-OFFSET(page.compound_head)=8
-LENGTH(zone.free_area)=11
-NUMBER(PG_lru)=4
-NUMBER(PG_private)=13
-NUMBER(PG_swapcache)=10
-NUMBER(PG_swapbacked)=19
-NUMBER(PG_slab)=9
-NUMBER(PG_head_mask)=65536
-NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)=-129
-"""
+#: the 6.1 machine's VMCOREINFO of the dump-level tests, at this benchmark's addresses
+VMCOREINFO = KEYS_61.format(pgd=PGD, ms=MEM_SECTION, hm=HIGH_MEMORY)
 
 
 def section_pattern(mix: str) -> bytes:

@@ -171,16 +171,22 @@ def panicking(bt: Backtraces) -> list[CpuTrace]:
     return [t for t in bt.cpus if in_panic(bt, t)] or bt.cpus
 
 
+def analysis_backtraces(analysis, cpu: int | None = None) -> Backtraces:
+    """Every CPU's backtrace (or CPU `cpu`'s) of an Analysis (sadump.analysis)."""
+    from sadump.kernel.unwind import backtraces
+
+    return backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
+                      analysis.cpus, cpu)
+
+
 # ---- for `sadump info` -----------------------------------------------------------------------
 def panic_backtraces(analysis) -> Backtraces | None:
     """The backtrace of the CPU that panicked, or of every CPU when none did; None when the
     image gives no CPUs at all."""
     from sadump.errors import SadumpError
-    from sadump.kernel.unwind import backtraces
 
     try:
-        bt = backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
-                        analysis.cpus)
+        bt = analysis_backtraces(analysis)
     except SadumpError:
         return None
     if not bt.cpus:

@@ -232,12 +232,10 @@ def bt(
 ) -> None:
     """Every CPU's backtrace from the image alone (kallsyms, no vmlinux)."""
     from sadump import backtrace_report
-    from sadump.kernel.unwind import backtraces
 
     analysis = open_analysis(source, False, input_format)
     try:
-        result = backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
-                                analysis.cpus, cpu)
+        result = backtrace_report.analysis_backtraces(analysis, cpu)
         if cpu is not None and not result.cpus:
             raise fail(Exit.USAGE, f"--cpu {cpu}: no such CPU in this image")
         if not result.cpus:

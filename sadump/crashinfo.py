@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sadump import report
@@ -16,6 +15,7 @@ from sadump.backtrace_report import info_lines as bt_lines
 from sadump.constants import MIB, PAGE_SIZE, mib
 from sadump.errors import SadumpError
 from sadump.kernel.printk import KernelLog, LogError, Record, read_kernel_log
+from sadump.kernel.vmcoreinfo import utc
 
 #: a record that starts a panic or oops report
 CRASH_MARK = re.compile(r"^(Kernel panic|Oops|BUG:)")
@@ -47,15 +47,6 @@ class CrashInfo:
     classes_error: str | None = None
     backtrace: Any = None  # backtrace_report: the panicking CPU's (or every CPU's)
 
-
-
-def utc(seconds: int | None) -> str | None:
-    if seconds is None:
-        return None
-    try:
-        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, OSError, ValueError):
-        return f"{seconds} (not a date)"
 
 
 def log_tail(records: list[Record]) -> tuple[str, list[Record]]:

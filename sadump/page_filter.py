@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sadump.constants import PAGE_SHIFT, PAGE_SIZE
-from sadump.errors import SadumpError
+from sadump.constants import PAGE_SIZE
 from sadump.formats.memory import PhysicalMemory
 from sadump.kernel.mem_section import DL_ZERO, FilterError, MissingKeyError, filter_keys
 from sadump.kernel.pages import (
@@ -25,8 +24,8 @@ from sadump.kernel.pages import (
     bitmap_bytes,
     bitmap_from_ranges,
     count_bits,
+    count_zero_pages,
     filter_pages,
-    zero_pages,
 )
 from sadump.kernel.translate import KernelMemory
 from sadump.kernel.vmcoreinfo import VmcoreInfo
@@ -106,36 +105,6 @@ def bit_runs(bitmap: np.ndarray, max_mapnr: int) -> Iterator[tuple[np.ndarray, n
         yield np.array([carried]), np.array([max_mapnr])
 
 
-def clear_zero_pages(memory: PhysicalMemory, bitmap: np.ndarray,
-                     present: list[tuple[int, int]], max_mapnr: int) -> int:
-    """Clear the all-zero pages from `bitmap` (in place), reading the present pfns 16 MiB at
-    a time with numpy (no loop per page); return how many were cleared. A block that cannot
-    be read stays as it is."""
-    cleared = 0
-    step = 4096  # pfns per read, a multiple of 8: blocks start on bitmap bytes
-    for start, end in present:
-        end = min(end, max_mapnr)
-        p0 = start
-        while p0 < end:
-            p1 = min(p0 - p0 % step + step, end)
-            a, b = p0 - p0 % 8, -(-p1 // 8) * 8  # whole bitmap bytes around [p0, p1)
-            byte_lo, byte_hi = a >> 3, b >> 3
-            bits = np.unpackbits(bitmap[byte_lo:byte_hi], bitorder="little")
-            inside = bits[p0 - a:p1 - a]
-            if inside.any():
-                try:
-                    zero = zero_pages(memory.read(p0 << PAGE_SHIFT, (p1 - p0) << PAGE_SHIFT))
-                except SadumpError:
-                    zero = None
-                if zero is not None:
-                    hit = zero & inside.astype(bool)
-                    cleared += int(hit.sum())
-                    inside[hit] = 0
-                    bitmap[byte_lo:byte_hi] = np.packbits(bits, bitorder="little")
-            p0 = p1
-    return cleared
-
-
 def plan_page_filter(memory: PhysicalMemory, kmem: KernelMemory, info: VmcoreInfo | None,
                      present: list[tuple[int, int]], level: int, fallback: bool,
                      drop_zero_pages: bool) -> PageFilter:
@@ -165,7 +134,7 @@ def plan_page_filter(memory: PhysicalMemory, kmem: KernelMemory, info: VmcoreInf
         result = filter_pages(kmem, keys, present, level)
     pf = PageFilter(level, asked, result, warnings=warnings + result.warnings)
     if level & DL_ZERO and drop_zero_pages:
-        pf.zero_pages = clear_zero_pages(memory, result.bitmap2, present, result.max_mapnr)
+        pf.zero_pages = count_zero_pages(memory, result.bitmap2, result.max_mapnr, clear=True)
     return pf
 
 

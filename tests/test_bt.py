@@ -24,9 +24,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sadump.analysis import analyse
-from sadump.backtrace_report import doing, ending, text_lines
+from sadump.backtrace_report import analysis_backtraces, doing, ending, text_lines
 from sadump.cli import Exit, app
-from sadump.kernel.unwind import backtraces
 from tests.fixtures.builder import (
     IDENTITY_BASE,
     KASLR_OFFSET,
@@ -119,8 +118,7 @@ def details(path) -> list[tuple[str | None, str]]:
     """(what the CPU was doing, why its frames end) per CPU: the text form's lines."""
     analysis = analyse(str(path))
     try:
-        bt = backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
-                        analysis.cpus)
+        bt = analysis_backtraces(analysis)
     finally:
         analysis.close()
     return [(doing(bt, t), ending(t)) for t in bt.cpus]
@@ -259,8 +257,7 @@ def test_fast(real_file):
     analysis = analyse(str(real_file("rimg-kdump.proc-vmcore.elf")))
     try:
         start = time.perf_counter()
-        bt = backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
-                        analysis.cpus)
+        bt = analysis_backtraces(analysis)
         text_lines(bt)
         seconds = time.perf_counter() - start
     finally:
@@ -406,8 +403,7 @@ def test_synthetic_new_layouts(tmp_path, kernel):
             for f in doc["cpus"][0]["frames"]] == CPU0_FRAMES
     analysis = analyse(str(path))
     try:
-        bt = backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
-                        analysis.cpus)
+        bt = analysis_backtraces(analysis)
     finally:
         analysis.close()
     assert bt.symbols.encoding == ("place-relative" if kernel == "7.0" else "relative-base")

@@ -14,7 +14,8 @@ from sadump.kernel.kallsyms import KallsymsError, decode
 from sadump.kernel.translate import KernelLayout, KernelMemory
 from sadump.kernel.vmcoreinfo import VmcoreInfo
 from tests.fixtures.builder import Memory
-from tests.fixtures.kstack import SYMBOLS, SparseMemory, kallsyms_tables, sym
+from tests.fixtures.kstack import SYMBOLS, kallsyms_tables, sym
+from tests.synthetic_memory import SyntheticMemory
 
 #: the table labels scripts/kallsyms leaves out of its own output (spec 1.5)
 LABELS = {"kallsyms_offsets", "kallsyms_relative_base", "kallsyms_num_syms", "kallsyms_names",
@@ -92,7 +93,7 @@ def kmem_with(tables, extra: dict[int, bytes] | None = None) -> KernelMemory:
     mem.write(tables.base, tables.blob)
     for at, data in (extra or {}).items():
         mem.write(at, data)
-    return KernelMemory(SparseMemory(mem, 0x400000), KernelLayout())
+    return KernelMemory(SyntheticMemory(mem, 0x400000), KernelLayout())
 
 
 def info_for(tables, release: str = "6.1.0", stext: int = 0x10000,
@@ -203,14 +204,14 @@ def test_names_cut_by_the_end_of_memory():
     tables = kallsyms_tables(SYMBOLS, 0x3FF000, relative_base=0x10000, num_syms=100000)
     mem = Memory()
     mem.write(tables.base, tables.blob[:0x1000])
-    kmem = KernelMemory(SparseMemory(mem, 0x400000), KernelLayout())
+    kmem = KernelMemory(SyntheticMemory(mem, 0x400000), KernelLayout())
     with pytest.raises(KallsymsError):
         decode(info_for(tables), kmem)
 
 
 def test_unreadable_tables():
     tables = kallsyms_tables(SYMBOLS, TABLES, relative_base=0x10000)
-    kmem = KernelMemory(SparseMemory(Memory(), 0x1000), KernelLayout())
+    kmem = KernelMemory(SyntheticMemory(Memory(), 0x1000), KernelLayout())
     with pytest.raises(KallsymsError, match="not readable"):
         decode(info_for(tables), kmem)
 

@@ -54,6 +54,7 @@ from tests.fixtures.pagemachine import (
     PageMachine,
     reference_filter,
 )
+from tests.synthetic_memory import SyntheticMemory
 
 LEVELS = (1, 2, 4, 8, 16, 31)
 # spec "Reference data": 2nd-bitmap bits set per level, max_mapnr 0x38000
@@ -187,8 +188,14 @@ def test_pfn_ranges_leaves_out_crashkernel():
 
 
 # ---- synthetic machine: 6.1 ----------------------------------------------------------------
+def machine(m: PageMachine):
+    """The machine's bytes as sadump reads them: its memory and its VMCOREINFO."""
+    mem, present, text = m.build()
+    return SyntheticMemory(mem, ranges=present), VmcoreInfo(text)
+
+
 def run(m: PageMachine, level: int, **kw):
-    mem, info = m.build()
+    mem, info = machine(m)
     kmem = kernel_memory(mem, info)
     keys = filter_keys(info)
     return filter_pages(kmem, keys, pfn_ranges(mem.ranges()), level, want_classes=True, **kw)
@@ -268,7 +275,7 @@ def test_synthetic_every_level_equals_a_slow_reference(m61, m612, kernel, chain_
     from sadump.kernel import pages
     monkeypatch.setattr(pages, "CHAIN_MIN", chain_min)
     m = m61 if kernel == "6.1" else m612
-    mem, info = m.build()
+    mem, info = machine(m)
     kmem, keys = kernel_memory(mem, info), filter_keys(info)
     results = filter_levels(kmem, keys, pfn_ranges(mem.ranges()), range(32))
     for level in range(32):
@@ -290,7 +297,7 @@ def test_overlapping_free_ranges_follow_the_walk(monkeypatch, chain_min):
         if p % 3 != 2:
             m.page(p, mapcount=BUDDY_61, private=2 if p % 5 else 1)
     m.page(20950, mapcount=BUDDY_61, private=3)
-    mem, info = m.build()
+    mem, info = machine(m)
     results = filter_levels(kernel_memory(mem, info), filter_keys(info),
                             pfn_ranges(mem.ranges()), (16, 31))
     for level in (16, 31):
@@ -302,7 +309,7 @@ def test_overlapping_free_ranges_follow_the_walk(monkeypatch, chain_min):
 
 
 def test_synthetic_61_levels_in_one_pass_equal_single_runs(m61):
-    mem, info = m61.build()
+    mem, info = machine(m61)
     kmem, keys = kernel_memory(mem, info), filter_keys(info)
     present = pfn_ranges(mem.ranges())
     levels = list(range(32))
@@ -319,7 +326,7 @@ def test_synthetic_61_levels_in_one_pass_equal_single_runs(m61):
 def test_synthetic_61_fragmented_present_memory(m61):
     """500 small holes (as in a filtered input) where no candidate lies: the same exclusions,
     judged in shared blocks."""
-    mem, info = m61.build()
+    mem, info = machine(m61)
     kmem, keys = kernel_memory(mem, info), filter_keys(info)
     whole = pfn_ranges(mem.ranges())
     holes = [(9000 + 32 * k, 9000 + 32 * k + 16) for k in range(500)]
@@ -393,7 +400,7 @@ def test_synthetic_612_quirk_at_level_8(m612):
     anon LRU page counts as slab, so level 8 alone keeps it (spec 6)."""
     r = run(m612, 8)
     assert kept(r, [121, 122, 1024, 1535, 120]) == [True, False, False, False, True]
-    keys = filter_keys(m612.build()[1])
+    keys = filter_keys(machine(m612)[1])
     assert keys.pg_slab == 7 and "NUMBER(PG_slab)" in keys.defaulted
 
 
@@ -431,13 +438,13 @@ def test_needed_keys_per_level():
 
 def test_missing_keys_name_the_key_and_the_fallback():
     m = PageMachine("6.1", drop_keys=("OFFSET(page.private)",))
-    keys = filter_keys(m.build()[1])
+    keys = filter_keys(machine(m)[1])
     with pytest.raises(MissingKeyError, match=r"OFFSET\(page.private\)") as e:
         check_level(keys, 31)
     assert e.value.allowed == 15 and allowed_level(keys, 16) == 0
     check_level(keys, 15)
     m = PageMachine("6.1", drop_keys=("OFFSET(page._mapcount)",))
-    keys = filter_keys(m.build()[1])
+    keys = filter_keys(machine(m)[1])
     with pytest.raises(MissingKeyError, match=r"_mapcount") as e:
         check_level(keys, 31)
     assert e.value.allowed == 1
@@ -477,7 +484,7 @@ def test_wild_section_mem_map_keeps_pages_bounded():
 def test_section_without_mem_map_is_skipped():
     m = PageMachine("6.1", section_map_override={1: 0})
     m.page(SECTION_PAGES + 8, mapcount=BUDDY_61, private=3)
-    mem, info = m.build()
+    mem, info = machine(m)
     smap = walk_sections(kernel_memory(mem, info), filter_keys(info), pfn_ranges(mem.ranges()))
     # max_mapnr is capped at the last section with a mem_map (get_mem_map)
     assert [s.nr for s in smap.sections] == [0] and smap.max_mapnr == SECTION_PAGES
@@ -489,7 +496,7 @@ def test_sections_past_the_kernels_limits_are_not_read():
     mem_map (get_mem_map: the section's end, not the end of its present memory)."""
     m = PageMachine("6.1")
     m.page(104, mapcount=BUDDY_61, private=3)
-    mem, info = m.build()
+    mem, info = machine(m)
     text = info.text.replace("NUMBER(MAX_PHYSMEM_BITS)=46", "NUMBER(MAX_PHYSMEM_BITS)=29")
     text = text.replace("LENGTH(mem_section)=1024", "LENGTH(mem_section)=1")
     info = VmcoreInfo(text)
@@ -527,13 +534,13 @@ def test_bad_buddy_orders_and_huge_orders_are_bounded():
 def test_vmemmap_translation_is_used():
     """The struct pages are read through the page tables at the vmemmap address."""
     m = PageMachine("6.1")
-    mem, info = m.build()
+    mem, info = machine(m)
     kmem = kernel_memory(mem, info)
     assert kmem.to_physical(VMEMMAP + 64 * 5) == 0x1000000 + 64 * 5
 
 
 def test_zero_count_on_synthetic(m61):
-    mem, info = m61.build()
+    mem, info = machine(m61)
     r = filter_pages(kernel_memory(mem, info), filter_keys(info), pfn_ranges(mem.ranges()), 31)
     zero = count_zero_pages(mem, r.bitmap2, r.max_mapnr)
     nonzero = {pno for pno, page in mem.mem.pages.items() if any(page)}

@@ -10,7 +10,8 @@ from sadump.kernel import unwind
 from sadump.kernel.translate import KernelLayout, KernelMemory
 from sadump.kernel.unwind import Registers, Stack, StackReader, cpu_stacks, thread_size, walk
 from tests.fixtures.builder import Memory
-from tests.fixtures.kstack import Dat, SparseMemory, Words
+from tests.fixtures.kstack import Dat, Words
+from tests.synthetic_memory import SyntheticMemory
 
 KERNEL_PSW = 0x0704C00180000000
 USER_PSW = 0x0705C00180000000
@@ -234,7 +235,7 @@ R3, POOL = 0x100000, 0x120000
 
 
 def dat_kmem(mem: Memory, dat: Dat) -> KernelMemory:
-    return KernelMemory(SparseMemory(mem, 0x1000000), KernelLayout(identity_end=0x1000000),
+    return KernelMemory(SyntheticMemory(mem, 0x1000000), KernelLayout(identity_end=0x1000000),
                         dat.asce)
 
 

@@ -123,25 +123,31 @@ def zero_pages(buf: bytes | memoryview | np.ndarray) -> np.ndarray:
 ZERO_BLOCK = 4096
 
 
-def count_zero_pages(memory, bitmap: np.ndarray, max_mapnr: int) -> int:
+def count_zero_pages(memory, bitmap: np.ndarray, max_mapnr: int, clear: bool = False) -> int:
     """How many pfns set in `bitmap` (packed, over [0, max_mapnr)) hold only zero bytes,
     read from `memory` (a PhysicalMemory) 16 MiB at a time; pages it cannot read are not
-    counted."""
+    counted. clear=True also clears them from `bitmap` (ELF output at a level with bit 1)."""
     total = 0
     for b0 in range(0, max_mapnr, ZERO_BLOCK):
         b1 = min(b0 + ZERO_BLOCK, max_mapnr)
         bits = np.unpackbits(bitmap[b0 >> 3:bitmap_bytes(b1)], bitorder="little")[:b1 - b0]
         if not bits.any():
             continue
+        zero = np.zeros(b1 - b0, dtype=bool)
         edges = np.flatnonzero(np.diff(np.concatenate(([0], bits, [0])).astype(np.int8)))
         for s, e in zip(edges[0::2], edges[1::2]):
             start, n = (b0 + int(s)) << PAGE_SHIFT, int(e - s) << PAGE_SHIFT
             try:
-                total += int(zero_pages(memory.read(start, n)).sum())
+                zero[s:e] = zero_pages(memory.read(start, n))
             except SadumpError:
-                for p in range(start, start + n, PAGE_SIZE):  # bounded by the block
+                for k in range(s, e):  # bounded by the block
+                    p = (b0 + int(k)) << PAGE_SHIFT
                     if memory.is_present(p, PAGE_SIZE):
-                        total += int(zero_pages(memory.read(p, PAGE_SIZE))[0])
+                        zero[k] = zero_pages(memory.read(p, PAGE_SIZE))[0]
+        total += int(zero.sum())
+        if clear and zero.any():
+            bits[zero] = 0
+            bitmap[b0 >> 3:bitmap_bytes(b1)] = np.packbits(bits, bitorder="little")
     return total
 
 

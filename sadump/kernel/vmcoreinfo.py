@@ -4,6 +4,7 @@ to, a note the input carried) and its keys parsed once: symbols, sizes, offsets,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sadump.constants import MAX_VMCOREINFO
 from sadump.errors import SadumpError
@@ -74,6 +75,16 @@ class VmcoreInfo:
     @property
     def kerneloffset(self) -> int | None:
         return self.hex("KERNELOFFSET")
+
+
+def utc(seconds: int | None) -> str | None:
+    """A CRASHTIME as people read it: "2026-11-26 18:01:07 UTC" (None stays None)."""
+    if seconds is None:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds} (not a date)"
 
 
 def crash_time(info: VmcoreInfo | None, notes) -> int | None:

@@ -7,11 +7,11 @@ a trigger would judge memory: its decision is "dumped", and it is converted as i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from sadump.constants import DUMPED, FULL, KDUMP  # noqa: F401 - the decision's paths
 from sadump.formats.memory import PhysicalMemory
 from sadump.ipl.kernel_image import KernelImage
+from sadump.kernel.vmcoreinfo import utc
 from sadump.meminfo_reader import OsInfo
 from sadump.trigger.kexec_digest import KexecDigest
 
@@ -76,13 +76,6 @@ def digest_words(digest: KexecDigest | None) -> str:
     return f"; kdump kernel could not be verified: {digest.reason}"
 
 
-def _utc(seconds: int) -> str:
-    try:
-        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, OSError, ValueError):
-        return f"{seconds} (not a date)"
-
-
 def already_dumped(image: PhysicalMemory, os_info: OsInfo,
                    crash_time: int | None) -> Decision | None:
     """The "dumped" decision for an input that is a kernel dump taken after the crash, else
@@ -93,7 +86,7 @@ def already_dumped(image: PhysicalMemory, os_info: OsInfo,
     memory images of a running or stopped machine and keep the trigger's decision."""
     if not any(n.name == "VMCOREINFO" for n in image.notes):
         return None
-    when = f", crash time {_utc(crash_time)}" if crash_time is not None else ""
+    when = f", crash time {utc(crash_time)}" if crash_time is not None else ""
     if image.format == "elf":
         base, size = os_info.crashkernel_addr, os_info.crashkernel_size
         if not os_info.valid or not size:
