@@ -5,6 +5,7 @@ kernel (copy_file_range) with a read-write fallback, and the output the same eit
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import random
 from pathlib import Path
@@ -21,7 +22,7 @@ from sadump.formats.raw import RawImage
 from sadump.formats.s390 import S390Dump
 from sadump.writers import sink as writing
 from sadump.writers.blocks import BLOCK, nonzero_runs
-from sadump.writers.sink import Sink, write_output
+from sadump.writers.sink import READ_AHEAD, Sink, write_output
 from tests.fixtures.builder import ImageSpec, MiB, write_elf, write_raw, write_s390
 
 ZERO = bytes(PAGE)
@@ -312,5 +313,99 @@ def test_dense_data_is_copied_mostly_unread(tmp_path, monkeypatch):
     monkeypatch.setattr(writing, "pread_exact", pread)
     out, _ = copy_out(tmp_path, src, "out", len(data))
     assert out.read_bytes() == data
-    assert sum(read) <= 14 * MiB  # 4 MiB to learn it is dense, 2 pages a MiB, zeros, tail
+    # 4 MiB to learn it is dense, the MiBs already read ahead by then, 2 pages a MiB, the
+    # zeros, the tail
+    assert sum(read) <= 14 * MiB + READ_AHEAD * MiB
     assert out.stat().st_blocks * 512 <= len(data) - 7 * MiB  # the zero stretch is a hole
+
+
+def test_write_behind_sends_each_window_once_in_order(tmp_path, monkeypatch):
+    """A dump of 5 windows and a bit: from the streamed part's start on, each full window is
+    started (SYNC_FILE_RANGE_WRITE) once, in order, and waited for and dropped from the page
+    cache once the next one starts (the rest goes with the final fsync); the file is the
+    input's bytes."""
+    if not writing.libc.has_sync_file_range():
+        pytest.skip("no sync_file_range in this C library")
+    window = writing.WRITE_BEHIND
+    data = random.Random(11).randbytes(5 * window + 12345)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    calls, dropped = [], []
+    real = writing.libc.sync_file_range
+    monkeypatch.setattr(writing.libc, "sync_file_range",
+                        lambda fd, off, n, flags: (calls.append((off, n, flags)),
+                                                   real(fd, off, n, flags))[1])
+    real_fadvise = os.posix_fadvise
+    monkeypatch.setattr(writing.os, "posix_fadvise",
+                        lambda fd, off, n, advice: (dropped.append((off, n, advice)),
+                                                    real_fadvise(fd, off, n, advice))[1])
+    start = 3 * PAGE
+
+    def write(sink):
+        sink.data(0, data[:start])
+        sink.stream_from(start)
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            sink.copy_file(start, fd, start, len(data) - start)
+        finally:
+            os.close(fd)
+
+    out = tmp_path / "out"
+    write_output(str(out), len(data), len(data), False, write, progress=False)
+    assert out.read_bytes() == data
+    started = [(off, n) for off, n, flags in calls if flags == writing.libc.WRITE]
+    waited = [(off, n) for off, n, flags in calls if flags != writing.libc.WRITE]
+    assert len(started) >= 4 and started[0][0] == start
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(started))  # back to back
+    assert all(n >= window for _, n in started)
+    assert len(data) - window < started[-1][0] + started[-1][1] <= len(data)
+    assert waited == started[:-1]  # each window but the last is waited for, in order
+    assert dropped == [(a, n, os.POSIX_FADV_DONTNEED) for a, n in waited]
+
+
+def test_write_behind_error_is_a_failed_write(tmp_path, monkeypatch):
+    """The disk's error can come back from the write-behind: the dump fails there, with
+    the line, and nothing is left under the name."""
+    if not writing.libc.has_sync_file_range():
+        pytest.skip("no sync_file_range in this C library")
+    data = random.Random(12).randbytes(3 * writing.WRITE_BEHIND)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+
+    def eio(fd, off, n, flags):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(writing.libc, "sync_file_range", eio)
+
+    def write(sink):
+        sink.stream_from(0)
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            sink.copy_file(0, fd, 0, len(data))
+        finally:
+            os.close(fd)
+
+    with pytest.raises(writing.OutputError, match="Input/output error.*nothing written"):
+        write_output(str(tmp_path / "out"), len(data), len(data), False, write,
+                     progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_read_ahead_error_reaches_the_writer(tmp_path, monkeypatch):
+    """A read that fails in a read-ahead thread fails the dump as the image's error, at its
+    place; nothing is left under the name."""
+    data = random.Random(13).randbytes(12 * MiB)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    real = writing.pread_exact
+
+    def pread(fd, n, offset, *a):
+        if offset >= 7 * MiB:
+            raise ImageChanged(f"reading {n:#x} bytes at {offset:#x}: Input/output error")
+        return real(fd, n, offset, *a)
+
+    monkeypatch.setattr(writing, "pread_exact", pread)
+    monkeypatch.setattr(writing, "DENSE_AFTER", 100)  # every MiB is read
+    with pytest.raises(ImageChanged, match="Input/output error.*nothing written"):
+        copy_out(tmp_path, src, "out", len(data))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from sadump.constants import MIB, PAGE_SIZE
 from sadump.formats.memory import PhysicalMemory, pread_exact
+from sadump.writers.libc import reuse_block_memory
 from sadump.zero_pages import ZERO_BLOCK, ZERO_PAGE, nonzero_pages, nonzero_runs
 
 BLOCK = MIB
@@ -49,28 +50,6 @@ def _cuts(start: int, stop: int, patches: list[tuple[int, bytes]]):
                 points.add(p)
     for a, b in itertools.pairwise(sorted(points)):
         yield a, b, [(pa, pd) for pa, pd in patches if pa < b and pa + len(pd) > a]
-
-
-_MALLOC_TUNED = False
-
-
-def reuse_block_memory() -> None:
-    """Let freed 1 MiB blocks be reused from the heap instead of each new one being a fresh
-    mmap whose 256 pages the kernel must fault in and zero (glibc's default for blocks in
-    flight): about 0.2-0.5 s of system time per GiB. glibc only; elsewhere nothing."""
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, ImportError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 16 * BLOCK)  # blocks up to 16 MiB come from the heap
-    mallopt(m_trim_threshold, 64 * BLOCK)  # and up to 64 MiB freed stays for reuse
 
 
 def memory_blocks(mem: PhysicalMemory, start: int, end: int,

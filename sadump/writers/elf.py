@@ -82,6 +82,7 @@ def write(plan, lay: ElfLayout, sink: Sink) -> None:
     file (not a stream) is checked by pyelftools (writers.elfcheck) unless --verify none
     (or $SADUMP_VERIFY=none)."""
     sink.data(0, lay.header)
+    sink.stream_from(len(lay.header))
     for seg, off in lay.segments:
         write_memory(sink, plan.memory, seg.paddr, seg.end, off)
     if sink.tmp is not None and lay.check:

@@ -381,6 +381,8 @@ def write(plan, lay: KdumpLayout, sink) -> None:
             out.put(first + lay.bitmap_len + off, dumped)
         out.reserve(lay.size)
         out.put(lay.data_start, ZERO_PAGE)
+        # from here on the file grows at its end: page data (plain) or records (flattened)
+        sink.stream_from(out.pos if lay.flatten else lay.data_start + PAGE_SIZE)
         codec = codecs.get(lay.codec)
         if lay.verify == "file":
             back = verify.ReadBack(codec, lay.data_start, None if lay.flatten else sink.tmp)

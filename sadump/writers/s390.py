@@ -75,6 +75,7 @@ def write(plan, lay: S390Layout, sink: Sink) -> None:
     tod = unix_to_tod(time.time())
     prefixes = [c.prefix for c in plan.cpus.cpus]
     sink.data(0, build_header(lay.mem_size, tod, prefixes))
+    sink.stream_from(HDR_SIZE)
     pos = 0
     for seg, off in sorted(lay.segments, key=lambda p: p[0].paddr):
         if seg.paddr > pos:

@@ -15,12 +15,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sadump.constants import MIB, PAGE_SIZE, mib
 from sadump.errors import ImageChanged, ImageError, SadumpError
 from sadump.formats.memory import pread_exact
+from sadump.writers import libc
 from sadump.writers.blocks import BLOCK, ZERO_BLOCK, ZERO_PAGE, memory_blocks, nonzero_runs
 
 #: room left free on top of what the dump needs (metadata of a large sparse file)
@@ -30,6 +32,12 @@ NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 #: after this many MiB in a row without a zero page, a MiB whose first and last pages are
 #: not zero is copied by the kernel unread
 DENSE_AFTER = 4
+#: copy_file reads this many pieces (MiB) ahead, in this many threads
+READ_AHEAD, READ_THREADS = 6, 3
+#: write-behind window: the dump's streamed part is sent to the disk a window at a time
+#: while sadump goes on (the disk works during the copy, not all at the final fsync), and a
+#: window on disk leaves the page cache (a 1 TiB dump does not push every other file out)
+WRITE_BEHIND = 16 * MIB
 
 
 class OutputError(SadumpError):
@@ -68,6 +76,8 @@ class Sink:
         self.stream = None
         self._kernel_copy = True  # copy_file_range works here (until it says otherwise)
         self._dense = 0  # MiB in a row read without a zero page
+        self._behind: tuple[int, int] | None = None  # write-behind: [waited to, started to)
+        self._readers = None  # copy_file's read-ahead threads, made when first needed
         self.start = time.monotonic()
         if target == "-":
             self.stream = sys.stdout.buffer
@@ -130,6 +140,40 @@ class Sink:
         self._task = self._progress.add_task(label, total=self.size)
 
     # ---- writing ------------------------------------------------------------------------
+    def readers(self):
+        if self._readers is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._readers = ThreadPoolExecutor(READ_THREADS, "sadump-read")
+        return self._readers
+
+    def stream_from(self, offset: int) -> None:
+        """The writer writes [offset, end) once, in increasing order: write it behind
+        (WRITE_BEHIND), where the kernel offers sync_file_range."""
+        if self.fd >= 0 and libc.has_sync_file_range():
+            start = -(-offset // PAGE_SIZE) * PAGE_SIZE
+            self._behind = (start, start)
+
+    def _wrote(self, end: int) -> None:
+        """Bytes up to `end` are written: once a window is full, wait for the one before it
+        to reach the disk, drop it from the page cache and start writing this one."""
+        if self._behind is None:
+            return
+        waited, started = self._behind
+        if end - started < WRITE_BEHIND:
+            return
+        upto = end // PAGE_SIZE * PAGE_SIZE
+        try:
+            if started > waited:
+                libc.sync_file_range(self.fd, waited, started - waited,
+                                     libc.WAIT_BEFORE | libc.WRITE | libc.WAIT_AFTER)
+                os.posix_fadvise(self.fd, waited, started - waited, os.POSIX_FADV_DONTNEED)
+            libc.sync_file_range(self.fd, started, upto - started, libc.WRITE)
+        except OSError as e:
+            raise OutputError(f"cannot write {self.target} at bytes {waited:#x}-{upto:#x}: "
+                              f"{e.strerror}") from None
+        self._behind = (started, upto)
+
     def _advance(self, n: int) -> None:
         if self._progress is not None:
             self._progress.update(self._task, advance=n)
@@ -144,6 +188,7 @@ class Sink:
                                   f"{e.strerror}") from None
             view, offset = view[n:], offset + n
             self.data_bytes += n
+        self._wrote(offset)
 
     def _send(self, data) -> None:
         try:
@@ -179,34 +224,33 @@ class Sink:
         into a file the others are then copied by the kernel, not through Python. Where MiB
         after MiB holds no zero page (dense memory), a MiB whose first and last pages are not
         zero is copied by the kernel unread: dense data crosses memory once (a zero page in
-        the middle of such a MiB is then copied, not a hole)."""
-        pos = 0
-        while pos < n:
-            k = min(BLOCK - (offset + pos) % BLOCK, n - pos)
-            if (offset + pos) % PAGE_SIZE:  # a partial first page alone: then pages line up
-                k = min(PAGE_SIZE - (offset + pos) % PAGE_SIZE, n - pos)
-            elif (self.stream is None and self._dense >= DENSE_AFTER and self._kernel_copy
-                  and k == BLOCK and self._edges_dense(fd, src + pos)):
+        the middle of such a MiB is then copied, not a hole). The MiBs to read are read ahead
+        by worker threads (pread lets go of the GIL: the page cache is copied on every core)."""
+        ahead = _ReadAhead(self, fd, src, _steps(offset, n))
+        for pos, k, looked in ahead:
+            if (looked is None and self.stream is None and self._dense >= DENSE_AFTER
+                    and self._kernel_copy and k == BLOCK and self._edges_dense(fd, src + pos)):
                 done = self._copy_range(fd, src + pos, offset + pos, k)
                 if done:
                     self._advance(done)
-                    pos += done
+                    if done < k:
+                        self.copy_file(offset + pos + done, fd, src + pos + done, k - done)
                     continue
-            buf = pread_exact(fd, k, src + pos)
+            buf, runs = looked.result() if looked is not None else _look(fd, src + pos, k)
+            ahead.dense = False
             if self.stream is not None:
                 self.data(offset + pos, buf)
-            else:
-                view = memoryview(buf)
-                runs = nonzero_runs(buf)
-                # a whole MiB without a zero page counts toward copying unread
-                dense = k == BLOCK and runs == [(0, k)]
-                self._dense = self._dense + 1 if dense else 0
-                for a, b in runs:
-                    done = self._copy_range(fd, src + pos + a, offset + pos + a, b - a)
-                    if a + done < b:  # the kernel cannot here: write the bytes read
-                        self._pwrite(offset + pos + a + done, view[a + done:b])
-                self._advance(k)
-            pos += k
+                continue
+            view = memoryview(buf)
+            # a whole MiB without a zero page counts toward copying unread
+            dense = k == BLOCK and runs == [(0, k)]
+            self._dense = self._dense + 1 if dense else 0
+            ahead.dense = self._dense >= DENSE_AFTER and self._kernel_copy
+            for a, b in runs:
+                done = self._copy_range(fd, src + pos + a, offset + pos + a, b - a)
+                if a + done < b:  # the kernel cannot here: write the bytes read
+                    self._pwrite(offset + pos + a + done, view[a + done:b])
+            self._advance(k)
 
     @staticmethod
     def _edges_dense(fd: int, src: int) -> bool:
@@ -230,6 +274,7 @@ class Sink:
                 raise ImageChanged(f"it ends at {src + done:#x}")
             done += k
         self.data_bytes += done
+        self._wrote(dst + done)
         return done
 
     def zeros(self, offset: int, n: int) -> None:
@@ -244,7 +289,11 @@ class Sink:
             n -= step
 
     # ---- ending -------------------------------------------------------------------------
-    def _stop_progress(self) -> None:
+    def _stop_helpers(self) -> None:
+        """The read-ahead threads and the progress bar end with the sink."""
+        if self._readers is not None:
+            self._readers.shutdown(wait=True, cancel_futures=True)
+            self._readers = None
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
@@ -266,13 +315,13 @@ class Sink:
         except OSError as e:
             raise OutputError(f"cannot finish {self.target}: {e.strerror}") from None
         finally:
-            self._stop_progress()
+            self._stop_helpers()
         return WriteResult(self.target, self.size, self.data_bytes,
                            time.monotonic() - self.start, self.sparse)
 
     def abort(self) -> str:
         """Remove the temporary file; say what was and was not written."""
-        self._stop_progress()
+        self._stop_helpers()
         if self.stream is not None:
             try:
                 self.stream.flush()
@@ -344,6 +393,48 @@ def _on_sigterm(handler):
     if handler is None or threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, handler)
+
+
+def _steps(offset: int, n: int) -> Iterator[tuple[int, int]]:
+    """(position, length) of copy_file's pieces: a partial first page alone, then up to the
+    output's MiB boundaries (so pages and MiBs line up), then whole MiBs."""
+    pos = 0
+    while pos < n:
+        at = offset + pos
+        k = min(PAGE_SIZE - at % PAGE_SIZE if at % PAGE_SIZE else BLOCK - at % BLOCK, n - pos)
+        yield pos, k
+        pos += k
+
+
+def _look(fd: int, at: int, k: int) -> tuple[bytes, list[tuple[int, int]]]:
+    """k bytes of fd at `at`, and their runs that are not whole zero pages."""
+    buf = pread_exact(fd, k, at)
+    return buf, nonzero_runs(buf)
+
+
+class _ReadAhead:
+    """copy_file's pieces in order, each with the future of its read (_look) when read
+    ahead: READ_AHEAD pieces are read by READ_THREADS threads while this one writes. While
+    the sink copies dense data unread (dense), no new piece is read ahead."""
+
+    def __init__(self, sink: Sink, fd: int, src: int, steps: Iterator[tuple[int, int]]):
+        self.sink, self.fd, self.src, self.steps = sink, fd, src, steps
+        self.queue: deque = deque()
+        self.dense = False
+
+    def __iter__(self):
+        while True:
+            while len(self.queue) < READ_AHEAD:
+                step = next(self.steps, None)
+                if step is None:
+                    break
+                pos, k = step
+                fut = None if self.dense else self.sink.readers().submit(
+                    _look, self.fd, self.src + pos, k)
+                self.queue.append((pos, k, fut))
+            if not self.queue:
+                return
+            yield self.queue.popleft()
 
 
 def write_memory(sink: Sink, mem, start: int, end: int, offset: int,
