@@ -19,6 +19,11 @@ class AbsentMemoryError(SadumpError):
         super().__init__(f"{msg}: {detail}" if detail else msg)
 
 
+class FilterError(SadumpError):
+    """Page filtering (a dump level) cannot be done as asked: the kernel layer's errors of
+    sadump.kernel.mem_section derive from it."""
+
+
 CHANGED = "the image changed or could not be read while it was read"
 
 

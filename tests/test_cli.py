@@ -88,6 +88,26 @@ def test_help_lists_the_choices():
         assert choice in r.stdout, choice
 
 
+@pytest.mark.parametrize("command", [[], ["dump"], ["inspect-meminfo"], ["info"], ["bt"]])
+def test_help_on_a_pipe_is_plain_text_without_rich(command):
+    """--help into a pipe is click's plain text (defaults in words, no escaped brackets)
+    and never imports rich; on a terminal typer's rich panels stay."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "sadump", *command, "--help"],
+                       check=False, capture_output=True, text=True)
+    assert r.returncode == Exit.OK
+    assert r.stdout.startswith("Usage:") and "\\[" not in r.stdout and "╭" not in r.stdout
+    imported = {ln.split("|")[-1].strip() for ln in r.stderr.splitlines()
+                if ln.startswith("import time:")}
+    assert not {m for m in imported if m.split(".")[0] == "rich"}
+
+
+def test_dump_level_out_of_range_is_a_usage_error(tmp_path):
+    r = sadump("dump", write_raw(ImageSpec(), tmp_path / "m.raw"), "-d", "32", "-o",
+               tmp_path / "out")
+    assert r.returncode == Exit.USAGE and "from 0 to 31" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_forced_input_format(tmp_path):
     """An ELF read as raw memory finds no os_info at 0xE18: a documented fallback."""
     path = write_elf(ImageSpec(), tmp_path / "m.elf")

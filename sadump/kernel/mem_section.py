@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from sadump.constants import PAGE_SHIFT, PAGE_SIZE
-from sadump.errors import SadumpError
+from sadump.errors import FilterError, SadumpError
 from sadump.kernel.vmcoreinfo import VmcoreInfo
 
 #: dump level bits (makedumpfile's DL_EXCLUDE_*)
@@ -31,10 +31,6 @@ S390X_MAX_PHYSMEM_BITS_ORIG, S390X_MAX_PHYSMEM_BITS_3_3 = 42, 46
 SECTION_MARKED_PRESENT = 1
 SECTION_MAP_MASK = ~0x1F & ((1 << 64) - 1)  # makedumpfile assumes SECTION_MAP_LAST_BIT 1<<5
 U64 = (1 << 64) - 1
-
-
-class FilterError(SadumpError):
-    """Page filtering cannot be done as asked (base of the errors below)."""
 
 
 class VmcoreinfoValueError(FilterError):
