@@ -148,3 +148,17 @@ def test_verify_none_skips_the_elf_check(tmp_path, monkeypatch):
     assert res.exit_code == Exit.OK, res.stderr
     res = CliRunner().invoke(app, ["dump", str(image), "-o", str(tmp_path / "b")])
     assert res.exit_code != Exit.OK and not (tmp_path / "b").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+@pytest.mark.parametrize("args", [["--json"], []], ids=["json", "report"])
+def test_a_full_stdout_is_one_line_and_status_5(args):
+    """`> report.json` on a full disk: one line and exit 5, not an internal error."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "sadump", "inspect-meminfo", "--sample",
+                            *args], check=False, stdout=full, stderr=subprocess.PIPE,
+                           text=True)
+    assert r.returncode == Exit.NOT_WRITTEN, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("sadump: error:")]
+    assert lines == ["sadump: error: cannot write to stdout: No space left on device"]
+    assert "Traceback" not in r.stderr
