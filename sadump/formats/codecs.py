@@ -31,7 +31,8 @@ PACKAGES = {"zstd": "zstandard", "lzo": "lzallright", "snappy": "cramjam"}
 #: level of zlib, as makedumpfile -c (Z_BEST_SPEED)
 LEVEL = 1
 #: zstd: each page is first tried at PROBE_LEVEL (fast: random pages cost little), and only
-#: the pages that get smaller there are compressed at ZSTD_LEVEL (makedumpfile -z uses 1)
+#: the pages that get smaller there are compressed at ZSTD_LEVEL (makedumpfile -z uses 1);
+#: a block whose whole-block test says its pages compress skips the probe (writers.kdump)
 ZSTD_PROBE_LEVEL = -5
 ZSTD_LEVEL = 4
 #: zstd's level for the whole-block test (about 2.3 GB/s per core on random bytes; -100
