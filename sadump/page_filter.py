@@ -29,7 +29,6 @@ from sadump.kernel.pages import (
 )
 from sadump.kernel.translate import KernelMemory
 from sadump.kernel.vmcoreinfo import VmcoreInfo
-from sadump.writers.libc import reuse_block_memory
 
 #: an excluded run shorter than this stays in an ELF dump (makedumpfile's PFN_EXCLUDED): a
 #: PT_LOAD for every short gap would cost more headers than it saves bytes
@@ -117,9 +116,6 @@ def plan_page_filter(memory: PhysicalMemory, kmem: KernelMemory, info: VmcoreInf
         raise FilterError(f"dump level {level} needs VMCOREINFO, and none was found")
     check_bitmap_size(present)
     keys = filter_keys(info)
-    # blocks of struct pages (MiBs of numpy temporaries): freed memory is reused, as the
-    # writers' blocks are, instead of fresh mappings the kernel must fault in page by page
-    reuse_block_memory()
     warnings: list[str] = []
     asked = level
     try:
