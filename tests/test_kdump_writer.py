@@ -285,8 +285,8 @@ def corrupt_one_page(monkeypatch, codec: str = "zlib") -> None:
         codec_obj = real()
         compress = codec_obj.compress_pages
 
-        def wrong(pages: list) -> list:
-            out = compress(pages)
+        def wrong(pages: list, probe: bool = True) -> list:
+            out = compress(pages, probe)
             for i, page in enumerate(pages[:-1]):
                 if bytes(page[:6]) == b"070701":  # the initrd's first page: the next one's
                     out[i] = compress([pages[i + 1]])[0]

@@ -37,6 +37,7 @@ from sadump.kernel.pages import (
     count_zero_pages,
     filter_levels,
     filter_pages,
+    read_struct_pages,
     set_bits,
     zero_pages,
 )
@@ -283,6 +284,31 @@ def test_synthetic_every_level_equals_a_slow_reference(m61, m612, kernel, chain_
         r = results[level]
         assert r.bitmap2.tobytes() == bytes(bm), level
         assert r.counts == counts, level
+
+
+@pytest.mark.parametrize("unmapped", [set(), {300}])
+def test_top_down_vmemmap_reads_the_same(m61, unmapped):
+    """vmemmap pages on descending frames with gaps (as memblock lays them out; read in a
+    few large pieces, pages gathered back in order): every level as from one ascending run,
+    an unmapped vmemmap page among them too."""
+    ascending = filter_levels(*_inputs(m61), range(32))
+    m61.top_down_vmemmap, m61.unmapped_vmemmap = True, unmapped
+    top_down = filter_levels(*_inputs(m61), range(32))
+    for level in range(32):
+        if not unmapped:
+            assert top_down[level].bitmap2.tobytes() == ascending[level].bitmap2.tobytes()
+            assert top_down[level].counts == ascending[level].counts
+        else:  # the 64 pfns of that vmemmap page are kept, unexamined
+            assert top_down[level].unreadable == (64 if ascending[level].walked else 0)
+    kmem = _inputs(m61)[0]
+    for pfn in (0, 63, 64, 4095, 5000):  # unaligned too: the records, as kmem reads them
+        raw, ok = read_struct_pages(kmem, VMEMMAP + 64 * pfn, 700, 64)
+        assert ok.all() and raw.tobytes() == kmem.read(VMEMMAP + 64 * pfn, 700 * 64)
+
+
+def _inputs(m: PageMachine):
+    mem, info = machine(m)
+    return kernel_memory(mem, info), filter_keys(info), pfn_ranges(mem.ranges())
 
 
 @pytest.mark.parametrize("chain_min", [0, 64, 10**9])

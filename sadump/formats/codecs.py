@@ -31,7 +31,8 @@ PACKAGES = {"zstd": "zstandard", "lzo": "lzallright", "snappy": "cramjam"}
 #: level of zlib, as makedumpfile -c (Z_BEST_SPEED)
 LEVEL = 1
 #: zstd: each page is first tried at PROBE_LEVEL (fast: random pages cost little), and only
-#: the pages that get smaller there are compressed at ZSTD_LEVEL (makedumpfile -z uses 1)
+#: the pages that get smaller there are compressed at ZSTD_LEVEL (makedumpfile -z uses 1);
+#: a block whose whole-block test says its pages compress skips the probe (writers.kdump)
 ZSTD_PROBE_LEVEL = -5
 ZSTD_LEVEL = 4
 #: zstd's level for the whole-block test (about 2.3 GB/s per core on random bytes; -100
@@ -47,15 +48,18 @@ class CodecUnavailable(SadumpError):
 class Codec:
     name: str
     flag: int
-    #: pages -> one compressed bytes-like per page (reentrant: one context per thread)
-    compress_pages: Callable[[list], list] | None
+    #: (pages, probe) -> one compressed bytes-like per page (reentrant: one context per
+    #: thread); probe=False: the caller knows the pages compress (see quick_size), a codec
+    #: that tries each page cheaply first may skip that
+    compress_pages: Callable[..., list] | None
     #: (data, block size) -> the page; raises on damage, never returns more than size bytes
     decode: Callable[[bytes, int], bytes] | None
     #: frames -> pages (one call for many pages where the package can)
     decode_pages: Callable[[list, int], list] | None
-    #: buf -> True when a very fast pass cannot shrink it at all (random memory): its pages
-    #: need not be tried one by one; None: the codec has no such test
-    incompressible: Callable[[object], bool] | None = None
+    #: buf -> its size after a very fast pass over all of it: not smaller than buf for
+    #: random memory (its pages need not be tried one by one), well below it for memory
+    #: whose pages compress; None: the codec has no such test
+    quick_size: Callable[[object], int] | None = None
 
 
 def flag_name(flags: int) -> str | None:
@@ -70,7 +74,8 @@ def _zlib() -> Codec:
     def decode(data: bytes, bs: int) -> bytes:
         return zlib.decompressobj().decompress(data, bs + 1)
 
-    return Codec("zlib", FLAG_ZLIB, lambda pages: [zlib.compress(p, LEVEL) for p in pages],
+    return Codec("zlib", FLAG_ZLIB,
+                 lambda pages, probe=True: [zlib.compress(p, LEVEL) for p in pages],
                  decode, lambda frames, bs: [decode(bytes(f), bs) for f in frames])
 
 
@@ -88,8 +93,8 @@ def _zstd() -> Codec:
                                                        write_content_size=False))
         return c
 
-    def incompressible(buf) -> bool:
-        return len(cctx()[2].compress(buf)) >= len(buf)
+    def quick_size(buf) -> int:
+        return len(cctx()[2].compress(buf))
 
     def dctx():
         d = getattr(local, "dctx", None)
@@ -97,13 +102,17 @@ def _zstd() -> Codec:
             d = local.dctx = zstandard.ZstdDecompressor()
         return d
 
-    def compress(pages: list) -> list:
+    def compress(pages: list, probe: bool = True) -> list:
         """One frame per page; a page that the probe cannot shrink keeps the probe's frame
-        (not smaller than the page: the writer stores such pages raw)."""
+        (not smaller than the page: the writer stores such pages raw). probe=False: every
+        page straight at ZSTD_LEVEL (the probe costs about 40% of level 4's time on pages
+        that do shrink, so it pays only where many pages are random)."""
         if not pages:
             return []
-        probe, final, _ = cctx()
-        out = list(probe.multi_compress_to_buffer(pages, threads=1))
+        fast, final, _ = cctx()
+        if not probe:
+            return list(final.multi_compress_to_buffer(pages, threads=1))
+        out = list(fast.multi_compress_to_buffer(pages, threads=1))
         if ZSTD_PROBE_LEVEL == ZSTD_LEVEL:
             return out
         small = [i for i, (p, z) in enumerate(zip(pages, out, strict=True)) if len(z) < len(p)]
@@ -126,7 +135,7 @@ def _zstd() -> Codec:
         return list(dctx().multi_decompress_to_buffer(frames, decompressed_sizes=sizes,
                                                       threads=1))
 
-    return Codec("zstd", FLAG_ZSTD, compress, decode, decode_pages, incompressible)
+    return Codec("zstd", FLAG_ZSTD, compress, decode, decode_pages, quick_size)
 
 
 def _lzo() -> Codec:
@@ -146,7 +155,8 @@ def _lzo() -> Codec:
             raise ValueError(f"lzo block holds {len(page)} bytes")
         return page
 
-    return Codec("lzo", FLAG_LZO, lambda pages: [ctx().compress(bytes(p)) for p in pages],
+    return Codec("lzo", FLAG_LZO,
+                 lambda pages, probe=True: [ctx().compress(bytes(p)) for p in pages],
                  decode, lambda frames, bs: [decode(f, bs) for f in frames])
 
 
@@ -172,7 +182,8 @@ def _snappy() -> Codec:
             raise ValueError(f"snappy block holds {n} bytes")
         return bytes(raw_decompress(bytes(data)))
 
-    return Codec("snappy", FLAG_SNAPPY, lambda pages: [raw_compress(bytes(p)) for p in pages],
+    return Codec("snappy", FLAG_SNAPPY,
+                 lambda pages, probe=True: [raw_compress(bytes(p)) for p in pages],
                  decode, lambda frames, bs: [decode(f, bs) for f in frames])
 
 

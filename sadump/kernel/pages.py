@@ -155,49 +155,68 @@ def count_zero_pages(memory, bitmap: np.ndarray, max_mapnr: int, clear: bool = F
 SEGMENT = 1 << 20
 
 
-def _phys_runs(kmem, vaddr: int, size: int) -> list[tuple[int, int]]:
-    """(physical, length) pieces of kernel virtual [vaddr, vaddr + size), merged where
-    contiguous; TranslationError (a SadumpError) at an unmapped page.
+def _frames(kmem, vaddr: int, size: int) -> np.ndarray:
+    """The physical frame (address >> PAGE_SHIFT) of each page of kernel virtual [vaddr,
+    vaddr + size), both page-aligned; TranslationError (a SadumpError) at an unmapped page,
+    SadumpError where a linear rule does not keep pages whole.
 
-    Same result as KernelMemory.runs(); for page-table-mapped memory (the vmemmap) it takes
-    each 1 MiB segment's page table (KernelMemory.segment_table) and turns its 256 PTEs
-    into runs with numpy, instead of one Python step per 4 KiB page."""
+    For page-table-mapped memory (the vmemmap) it takes each 1 MiB segment's page table
+    (KernelMemory.segment_table) and turns its 256 PTEs into frames with numpy, instead of
+    one Python step per 4 KiB page."""
     segment, layout = kmem.segment_table, kmem.layout
-    out: list[list[int]] = []
-
-    def add(paddr: int, n: int) -> None:
-        if out and out[-1][0] + out[-1][1] == paddr:
-            out[-1][1] += n
-        else:
-            out.append([paddr, n])
-
+    parts: list[np.ndarray] = []
     v, end = vaddr, vaddr + size
     while v < end:
         seg_end = min(end, (v | (SEGMENT - 1)) + 1)
         if layout.linear(v) is not None or layout.linear_end(v) < seg_end:
             for _, p, n in kmem.runs(v, seg_end - v):
-                add(p, n)
+                if p % PAGE_SIZE or n % PAGE_SIZE:
+                    raise SadumpError(f"virtual {v:#x} maps to {p:#x}: not whole pages")
+                parts.append(np.arange(p >> PAGE_SHIFT, (p + n) >> PAGE_SHIFT, dtype=np.int64))
             v = seg_end
             continue
         kind, value = segment(v)
+        first, last = (v >> PAGE_SHIFT) & 0xFF, ((seg_end - 1) >> PAGE_SHIFT) & 0xFF
         if kind == "frame":
-            add(value | (v & (SEGMENT - 1)), seg_end - v)
+            parts.append((value >> PAGE_SHIFT) + np.arange(first, last + 1, dtype=np.int64))
             v = seg_end
             continue
-        first, last = (v >> PAGE_SHIFT) & 0xFF, ((seg_end - 1) >> PAGE_SHIFT) & 0xFF
         ptes = np.array(value[first:last + 1], dtype=np.uint64)
         if (ptes & np.uint64(0x400)).any():
-            bad = v - v % PAGE_SIZE + int(np.flatnonzero(ptes & np.uint64(0x400))[0]) * PAGE_SIZE
-            raise TranslationError(f"virtual {max(bad, v):#x} is not mapped (invalid "
-                                   "page-table entry)")
-        frames = ptes & np.uint64(~0xFFF & U64)
-        cuts = np.flatnonzero(np.diff(frames.astype(np.int64)) != PAGE_SIZE) + 1
-        base = v - v % PAGE_SIZE
-        for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [frames.size]))):
-            gs, ge = max(v, base + int(a) * PAGE_SIZE), min(seg_end, base + int(b) * PAGE_SIZE)
-            add(int(frames[a]) + (gs & (PAGE_SIZE - 1)), ge - gs)
+            bad = v + int(np.flatnonzero(ptes & np.uint64(0x400))[0]) * PAGE_SIZE
+            raise TranslationError(f"virtual {bad:#x} is not mapped (invalid page-table "
+                                   "entry)")
+        parts.append((ptes >> np.uint64(PAGE_SHIFT)).astype(np.int64))
         v = seg_end
-    return [(p, n) for p, n in out]
+    return np.concatenate(parts)
+
+
+#: pages between two frames of struct pages that are read (and dropped) rather than split
+#: the read: at most this many times the wanted bytes are read
+GATHER_GAP = 2
+#: pages of one read: 128 KiB stays under glibc's mmap threshold, so each read reuses freed
+#: heap memory instead of a fresh mapping whose pages the kernel must fault in one by one
+GATHER_PAGES = 32
+
+
+def _gather(memory, frames: np.ndarray, out: np.ndarray) -> None:
+    """Fill out with the pages of physical memory at these frames, one after the other.
+
+    The vmemmap's frames come from memblock, top-down: consecutive struct pages sit on
+    frames that descend. Sorted, the frames make a few long stretches (gaps of up to
+    GATHER_GAP pages included); each is read GATHER_PAGES at a time and its pages go to
+    their places in one numpy gather, instead of one read per 4 KiB."""
+    order = np.argsort(frames, kind="stable")
+    frames = frames[order]
+    cuts = np.flatnonzero((np.diff(frames) > GATHER_GAP + 1)
+                          | (np.diff(frames // GATHER_PAGES) != 0)) + 1
+    pages = out.reshape(-1, PAGE_SIZE)
+    for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [frames.size])),
+                    strict=True):
+        lo, hi = int(frames[a]), int(frames[b - 1]) + 1
+        read = memory.read(lo * PAGE_SIZE, (hi - lo) * PAGE_SIZE)
+        pages[order[a:b]] = np.frombuffer(read, np.uint8).reshape(-1, PAGE_SIZE)[
+            frames[a:b] - lo]
 
 
 def read_struct_pages(kmem, vaddr: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,20 +224,19 @@ def read_struct_pages(kmem, vaddr: int, count: int, size: int) -> tuple[np.ndarr
     (zeros where unreadable) and one bool per struct page, True when all its bytes were read.
     A vmemmap page that is unmapped or absent spoils only the struct pages on it."""
     total = count * size
-    buf = np.zeros(total, dtype=np.uint8)
     memory = kmem.memory
+    skip = vaddr % PAGE_SIZE  # whole pages: the page tables map nothing smaller
     try:
-        pos = 0
-        runs = _phys_runs(kmem, vaddr, total)
-        if len(runs) == 1:  # no copy: the reader's bytes as they are
-            data = np.frombuffer(memory.read(*runs[0]), dtype=np.uint8)
-            return data.reshape(count, size), np.ones(count, dtype=bool)
-        for paddr, n in runs:
-            buf[pos:pos + n] = np.frombuffer(memory.read(paddr, n), dtype=np.uint8)
-            pos += n
-        return buf.reshape(count, size), np.ones(count, dtype=bool)
+        frames = _frames(kmem, vaddr - skip, -(-(skip + total) // PAGE_SIZE) * PAGE_SIZE)
+        if (np.diff(frames) == 1).all():  # one run: the reader's bytes as they are, no copy
+            data = memory.read(int(frames[0]) * PAGE_SIZE + skip, total)
+            return np.frombuffer(data, np.uint8).reshape(count, size), np.ones(count, bool)
+        data = np.empty(frames.size * PAGE_SIZE, dtype=np.uint8)
+        _gather(memory, frames, data)
+        return data[skip:skip + total].reshape(count, size), np.ones(count, bool)
     except SadumpError:
         pass
+    buf = np.zeros(total, dtype=np.uint8)
     # slow path, bounded by the block: one vmemmap page at a time
     first = vaddr - vaddr % PAGE_SIZE
     npages = (vaddr + total - first + PAGE_SIZE - 1) // PAGE_SIZE

@@ -60,6 +60,11 @@ IN_FLIGHT = 2  # blocks per job waiting to be compressed, and to be checked (a f
 DUMP_LEVEL = 1
 DESC = PAGE_DESC_STRUCT["big"]
 SWITCH_INTERVAL = 0.0002  # seconds: GIL hand-over while the pool runs
+#: a block whose quick pass (Codec.quick_size) leaves at most this share of its non-zero
+#: bytes is mostly memory that compresses (on the real images at most 1 page in 8 of such
+#: blocks is random): its pages skip the codec's per-page probe, which costs more on the
+#: pages that compress than the final level costs extra on the few random ones
+QUICK_SURE = 0.9
 CODECS = codecs.NAMES
 #: the default codec (makedumpfile -z's); --compress chooses another
 DEFAULT_CODEC = "zstd"
@@ -268,13 +273,15 @@ def pack_block(pfn0: int, data, codec, mode: str) -> Packed:
     if len(data) <= len(ZERO_BLOCK) and ZERO_BLOCK.startswith(data):
         return Packed(crc, None, None)
     nonzero = nonzero_pages(data)
-    if len(nonzero) == n and codec.incompressible is not None and codec.incompressible(data):
+    quick = codec.quick_size(data) if codec.quick_size is not None else None
+    if len(nonzero) == n and quick is not None and quick >= len(data):
         # random memory, no zero page: every page raw, nothing tried page by page
         return Packed(crc, [PAGE_SIZE] * n, [0] * n, bytes(data), n, 0)
     view = memoryview(data)
     pages = [view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in nonzero]
     compress = codec.compress_pages
-    packed = compress(pages) if compress is not None else pages
+    probe = quick is None or quick > QUICK_SURE * len(pages) * PAGE_SIZE
+    packed = compress(pages, probe) if compress is not None else pages
     if len(packed) != len(pages):
         raise SadumpError(f"the compressor returned {len(packed)} pages for {len(pages)}")
     lens = [len(z) for z in packed] if compress is not None else [PAGE_SIZE] * len(pages)
