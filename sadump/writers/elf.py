@@ -81,15 +81,12 @@ def write(plan, lay: ElfLayout, sink: Sink) -> None:
     """Header and notes, then each segment's memory (read through the swap view); then a
     file (not a stream) is checked by pyelftools (writers.elfcheck) unless --verify none
     (or $SADUMP_VERIFY=none)."""
-    check = sink.tmp is not None and lay.check
-    if check:
-        from sadump.writers import elfcheck
-
-        elfcheck.import_early()
     sink.data(0, lay.header)
     sink.stream_from(len(lay.header))
     for seg, off in lay.segments:
         write_memory(sink, plan.memory, seg.paddr, seg.end, off)
-    if check:
+    if sink.tmp is not None and lay.check:
+        from sadump.writers.elfcheck import check_elf
+
         os.ftruncate(sink.fd, lay.size)  # its length, as finish() will leave it
-        elfcheck.check_elf(sink.tmp, lay.segments, lay.note_offset, plan.notes)
+        check_elf(sink.tmp, lay.segments, lay.note_offset, plan.notes)

@@ -5,30 +5,7 @@ Memory itself is not read back (it was written from the blocks just read)."""
 
 from __future__ import annotations
 
-import importlib
-import threading
-
 from sadump.writers.sink import OutputError
-
-#: the pyelftools modules check_elf uses
-MODULES = ("elftools.common.exceptions", "elftools.elf.elffile", "elftools.elf.enums")
-
-
-def import_early() -> threading.Thread:
-    """Import pyelftools in a thread while the dump is written: its ~20 ms of imports run
-    while this thread waits on the disk, not after it (check_elf's own imports then find
-    the modules loaded, or wait for them)."""
-    thread = threading.Thread(target=_import_all, name="sadump-elftools")
-    thread.start()
-    return thread
-
-
-def _import_all() -> None:
-    for name in MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            return  # check_elf says so when it imports them itself
 
 
 def check_elf(path: str, segments: list, note_offset: int, notes: list) -> None:

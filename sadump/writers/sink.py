@@ -32,8 +32,10 @@ NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 #: after this many MiB in a row without a zero page, a MiB whose first and last pages are
 #: not zero is copied by the kernel unread
 DENSE_AFTER = 4
-#: copy_file reads this many pieces (MiB) ahead, in this many threads
-READ_AHEAD, READ_THREADS = 6, 3
+#: copy_file reads pieces (MiB) ahead in one thread per CPU (up to 4: the page cache copy
+#: is then memory-bound), two pieces per thread
+READ_THREADS = min(os.cpu_count() or 1, 4)
+READ_AHEAD = 2 * READ_THREADS
 #: write-behind window: the dump's streamed part is sent to the disk a window at a time
 #: while sadump goes on (the disk works during the copy, not all at the final fsync), and a
 #: window on disk leaves the page cache (a 1 TiB dump does not push every other file out)
