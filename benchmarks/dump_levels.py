@@ -155,13 +155,34 @@ def main() -> None:
           f"{args.repeat}, {os.cpu_count()} CPUs, outputs fsynced")
     print(f"{'input':<38s} {'sadump s':>9s} {'zstd s':>7s} {'ratio':>6s} {'goal':>6s} "
           f"{'sadump MiB':>10s} {'zstd MiB':>9s} {'RSS MiB':>8s}")
+    floor = imports_floor(args.repeat)
     for i, (label, path) in enumerate(inputs):
         r = compare(path, args.repeat, work)
         ratio = r["sadump"] / r["zstd"]
         goal = ("yes" if ratio <= 0.5 else "NO") if i == 0 else "-"
         print(f"{label:<38s} {r['sadump']:9.3f} {r['zstd']:7.3f} {ratio:6.2f} {goal:>6s} "
               f"{r['size'] / 2**20:10.1f} {r['zsize'] / 2**20:9.1f} {r['rss']:8.0f}")
+        if i == 0:
+            print(f"{'  of which: python + imports':<38s} {floor:9.3f} {r['zstd']:7.3f} "
+                  f"{floor / r['zstd']:6.2f}   (python -c 'import {', '.join(FLOOR)}')")
     shutil.rmtree(work)
+
+
+#: the libraries a -d 31 kdump dump imports before its first page: the command line, the
+#: on-disk layouts, the classification, the codec
+FLOOR = ("typer", "construct", "numpy", "zstandard")
+
+
+def imports_floor(repeat: int) -> float:
+    """Median seconds of a bare interpreter that only imports FLOOR: the part of sadump's
+    time that no work on the pages can take away."""
+    cmd = [sys.executable, "-c", f"import {', '.join(FLOOR)}"]
+    times = []
+    for _ in range(max(repeat, 5)):
+        start = time.monotonic()
+        subprocess.run(cmd, check=True)
+        times.append(time.monotonic() - start)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":
