@@ -65,3 +65,17 @@ def test_a_wrong_header_leaves_no_file(written, tmp_path, monkeypatch):
     assert res.exit_code == Exit.NOT_WRITTEN, res.stderr
     assert "pyelftools" in res.stderr and "nothing written" in res.stderr
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("cut", [3, 40, 64 + 20])
+def test_a_cut_or_foreign_file_fails(written, tmp_path, cut):
+    """A file cut inside its header or program headers, or that is not ELF at all."""
+    plan, path, _ = written
+    short = tmp_path / "short"
+    short.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(OutputError, match="pyelftools"):
+        check_elf(str(short), plan.layout.segments, plan.layout.note_offset, plan.notes)
+    foreign = tmp_path / "foreign"
+    foreign.write_bytes(b"\x7fELG" + path.read_bytes()[4:4096])
+    with pytest.raises(OutputError, match="pyelftools.*header"):
+        check_elf(str(foreign), plan.layout.segments, plan.layout.note_offset, plan.notes)
