@@ -23,6 +23,8 @@ Options:
 
 Files:
   real-1g        rimg-kdump.raw: 1 GiB of a real s390x guest, ~95% zero pages, sparse on disk
+                 (cp copies only its 50 MiB of data: no target; the real image's is on
+                 real-1g-alloc)
   real-1g-alloc  the same bytes with every zero written out (like a fresh QEMU pmemsave file)
   qemu-elf-1g    rimg-kdump.qemu.elf: the same memory as QEMU's dump-guest-memory wrote it
   dense-1g       real-1g with every all-zero page outside the first 64 MiB filled with random
@@ -475,10 +477,14 @@ def build_cases(files: dict[str, Path | None], cold: bool, kdump_fmt: bool,
     for tag, is_cold in (("", False), (", cold", True)):
         if is_cold and not cold:
             continue
-        for name, img, limit in (("real-1g", real, 0.5), ("dense-1g", dense, 1.1)):
+        # real-1g is sparse: cp copies its 50 MiB of data and nothing else, so its ratio has
+        # no target; the target for the real image is on real-1g-alloc (as dump devices and
+        # QEMU's pmemsave hold it)
+        for name, img, limit in (("real-1g", real, None), ("dense-1g", dense, 1.1)):
             for path, opts in (("kdump", ()), ("full", ("--mode", "full"))):
                 cases.append(Case(f"{name} ELF dump, {path} path{tag}", dump(img, *opts),
-                                  cp(img), target=f"<= {limit}", limit=limit, cold=is_cold))
+                                  cp(img), target=f"<= {limit}" if limit else "",
+                                  limit=limit, cold=is_cold))
         cases.append(Case(f"dense-1g ELF dump, full path, no pyelftools check{tag}",
                           dump(dense, "--mode", "full"), cp(dense), cold=is_cold,
                           env={"SADUMP_VERIFY": "none"}))
