@@ -36,6 +36,8 @@ DENSE_AFTER = 4
 #: is then memory-bound), two pieces per thread
 READ_THREADS = min(os.cpu_count() or 1, 4)
 READ_AHEAD = 2 * READ_THREADS
+#: sync_file_range / posix_fadvise errors that mean "not on this file": no write-behind
+NO_WRITE_BEHIND = {errno.EINVAL, errno.ESPIPE, errno.ENOSYS, errno.EOPNOTSUPP}
 #: write-behind window: the dump's streamed part is sent to the disk a window at a time
 #: while sadump goes on (the disk works during the copy, not all at the final fsync), and a
 #: window on disk leaves the page cache (a 1 TiB dump does not push every other file out)
@@ -172,6 +174,9 @@ class Sink:
                 os.posix_fadvise(self.fd, waited, started - waited, os.POSIX_FADV_DONTNEED)
             libc.sync_file_range(self.fd, started, upto - started, libc.WRITE)
         except OSError as e:
+            if e.errno in NO_WRITE_BEHIND:  # not here: the final fsync does it all
+                self._behind = None
+                return
             raise OutputError(f"cannot write {self.target} at bytes {waited:#x}-{upto:#x}: "
                               f"{e.strerror}") from None
         self._behind = (started, upto)
