@@ -118,6 +118,9 @@ def resolve_image(image: Path | None, sample: bool | None) -> str:
 
 def open_analysis(image: Path | None, sample: bool | None, input_format: InputFormatName | None):
     from sadump.analysis import analyse
+    from sadump.libc import reuse_block_memory
+
+    reuse_block_memory()  # every command reads MiB blocks: no fresh pages for each one
 
     path = resolve_image(image, sample)
     try:

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1] / "sadump"
 
 #: (layer, module prefixes), bottom first; the longest matching prefix decides
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("sadump.errors", "sadump.constants", "sadump.checksum", "sadump.zero_pages")),
+    ("base", ("sadump.errors", "sadump.constants", "sadump.checksum", "sadump.zero_pages",
+              "sadump.libc")),
     ("formats", ("sadump.formats",)),
     ("arch", ("sadump.ipl", "sadump.meminfo_reader")),
     ("kernel", ("sadump.kernel",)),

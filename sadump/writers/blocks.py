@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sadump.constants import MIB, PAGE_SIZE
 from sadump.formats.memory import PhysicalMemory, pread_exact
-from sadump.writers.libc import reuse_block_memory
+from sadump.libc import reuse_block_memory
 from sadump.zero_pages import ZERO_BLOCK, ZERO_PAGE, nonzero_pages, nonzero_runs
 
 BLOCK = MIB

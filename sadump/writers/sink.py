@@ -19,10 +19,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from sadump import libc
 from sadump.constants import MIB, PAGE_SIZE, mib
 from sadump.errors import ImageChanged, ImageError, SadumpError
 from sadump.formats.memory import pread_exact
-from sadump.writers import libc
 from sadump.writers.blocks import BLOCK, ZERO_BLOCK, ZERO_PAGE, memory_blocks, nonzero_runs
 
 #: room left free on top of what the dump needs (metadata of a large sparse file)

@@ -1,6 +1,7 @@
-"""The two glibc calls that the os module lacks and the writers want: mallopt (reuse freed
-1 MiB blocks) and sync_file_range (write a dump back while it is written). Linux and glibc
-only; elsewhere both are quietly absent and the writers work as before."""
+"""The two glibc calls that the os module lacks: mallopt (reuse freed 1 MiB blocks; the CLI
+sets it for every command, the writers for library callers) and sync_file_range (the
+sink writes a dump back while it is written). Linux and glibc only; elsewhere both are
+quietly absent and sadump works as before."""
 
 from __future__ import annotations
 
