@@ -4,7 +4,9 @@ terminal, and on any failure no file under the final name and one line saying so
 
 Writers hand it blocks of at most 1 MiB (sadump.writers.blocks): never the whole image or
 output in memory. Zero pages inside a block become holes (blocks.nonzero_runs); plain file
-bytes can also be copied by the kernel (copy_file) instead of through Python.
+bytes can also be copied by the kernel (copy_file) instead of through Python, the MiBs it
+must look at read ahead by worker threads. The part a writer streams (stream_from) is
+written behind in WRITE_BEHIND windows, so the disk works while sadump reads.
 """
 
 from __future__ import annotations
