@@ -68,8 +68,26 @@ def test_nonzero_runs_equals_the_page_by_page_answer(seed):
     assert nonzero_runs(memoryview(buf)) == naive_runs(buf)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_nonzero_runs_of_several_mib(seed):
+    """Longer than a MiB (the read-ahead's pieces): judged a MiB at a time, with runs and
+    zero stretches that cross the MiB boundaries, whole zero and whole data MiBs."""
+    rng = random.Random(100 + seed)
+    parts = []
+    for _ in range(rng.choice([2, 3, 4])):
+        kind = rng.choice(["mix", "zero", "data"])
+        parts.append(page_mix(rng, 256) if kind == "mix" else bytes(BLOCK) if kind == "zero"
+                     else rng.randbytes(BLOCK))
+    buf = b"".join(parts) + page_mix(rng, rng.choice([0, 3]), rng.choice([0, 1, 100]))
+    assert nonzero_runs(buf) == naive_runs(buf)
+    assert nonzero_runs(bytearray(buf)) == naive_runs(buf)
+
+
 def test_nonzero_runs_edges():
     assert nonzero_runs(bytes(BLOCK)) == []
+    assert nonzero_runs(bytes(4 * BLOCK + 5)) == []
+    assert nonzero_runs(bytes(BLOCK - 1) + b"\1\1" + bytes(BLOCK - 1)) == [
+        (BLOCK - PAGE, BLOCK + PAGE)]  # one run across the MiB boundary
     assert nonzero_runs(b"") == []
     assert nonzero_runs(bytes(100)) == []  # a short all-zero tail is a hole too
     assert nonzero_runs(b"\1" + bytes(BLOCK - 1)) == [(0, PAGE)]

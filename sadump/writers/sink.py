@@ -4,7 +4,7 @@ terminal, and on any failure no file under the final name and one line saying so
 
 Writers hand it blocks of at most 1 MiB (sadump.writers.blocks): never the whole image or
 output in memory. Zero pages inside a block become holes (blocks.nonzero_runs); plain file
-bytes can also be copied by the kernel (copy_file) instead of through Python, the MiBs it
+bytes can also be copied by the kernel (copy_file) instead of through Python, the pieces it
 must look at read ahead by worker threads. The part a writer streams (stream_from) is
 written behind in WRITE_BEHIND windows, so the disk works while sadump reads.
 """
@@ -31,11 +31,14 @@ from sadump.writers.blocks import BLOCK, ZERO_BLOCK, ZERO_PAGE, memory_blocks, n
 FREE_SPACE_MARGIN = 1 << 20
 #: copy_file_range errors that mean "not here" (old kernel, other file systems): write instead
 NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
-#: after this many MiB in a row without a zero page, a MiB whose first and last pages are
-#: not zero is copied by the kernel unread
-DENSE_AFTER = 4
-#: copy_file reads pieces (MiB) ahead in one thread per CPU (up to 4: the page cache copy
-#: is then memory-bound), two pieces per thread
+#: copy_file's pieces: read (ahead) and judged whole (2 and 4 MiB measured no faster on a
+#: mostly-zero image, and they make coarser holes in dense memory)
+PIECE = MIB
+#: after this many bytes in a row without a zero page, a piece whose first and last pages
+#: are not zero is copied by the kernel unread
+DENSE_AFTER = 4 * MIB
+#: copy_file reads pieces ahead in one thread per CPU (up to 4: the page cache copy is then
+#: memory-bound), two pieces per thread
 READ_THREADS = min(os.cpu_count() or 1, 4)
 READ_AHEAD = 2 * READ_THREADS
 #: sync_file_range / posix_fadvise errors that mean "not on this file": no write-behind
@@ -81,7 +84,7 @@ class Sink:
         self.fd = -1
         self.stream = None
         self._kernel_copy = True  # copy_file_range works here (until it says otherwise)
-        self._dense = 0  # MiB in a row read without a zero page
+        self._dense = 0  # bytes in a row read without a zero page
         self._behind: tuple[int, int] | None = None  # write-behind: [waited to, started to)
         self._readers = None  # copy_file's read-ahead threads, made when first needed
         self.start = time.monotonic()
@@ -229,16 +232,17 @@ class Sink:
         self._advance(n)
 
     def copy_file(self, offset: int, fd: int, src: int, n: int) -> None:
-        """n bytes of file fd at src to offset. A MiB is read to find its zero pages (holes);
-        into a file the others are then copied by the kernel, not through Python. Where MiB
-        after MiB holds no zero page (dense memory), a MiB whose first and last pages are not
-        zero is copied by the kernel unread: dense data crosses memory once (a zero page in
-        the middle of such a MiB is then copied, not a hole). The MiBs to read are read ahead
-        by worker threads (pread lets go of the GIL: the page cache is copied on every core)."""
+        """n bytes of file fd at src to offset. A piece (PIECE) is read to find its zero
+        pages (holes); into a file the others are then copied by the kernel, not through
+        Python. Where piece after piece holds no zero page (dense memory), a piece whose first
+        and last pages are not zero is copied by the kernel unread: dense data crosses memory
+        once (a zero page in the middle of such a piece is then copied, not a hole). The
+        pieces to read are read ahead by worker threads (pread lets go of the GIL: the page
+        cache is copied on every core)."""
         ahead = _ReadAhead(self, fd, src, _steps(offset, n))
         for pos, k, looked in ahead:
             if (looked is None and self.stream is None and self._dense >= DENSE_AFTER
-                    and self._kernel_copy and k == BLOCK and self._edges_dense(fd, src + pos)):
+                    and self._kernel_copy and k == PIECE and self._edges_dense(fd, src + pos)):
                 done = self._copy_range(fd, src + pos, offset + pos, k)
                 if done:
                     self._advance(done)
@@ -251,9 +255,9 @@ class Sink:
                 self.data(offset + pos, buf)
                 continue
             view = memoryview(buf)
-            # a whole MiB without a zero page counts toward copying unread
-            dense = k == BLOCK and runs == [(0, k)]
-            self._dense = self._dense + 1 if dense else 0
+            # a whole piece without a zero page counts toward copying unread
+            dense = k == PIECE and runs == [(0, k)]
+            self._dense = self._dense + k if dense else 0
             ahead.dense = self._dense >= DENSE_AFTER and self._kernel_copy
             for a, b in runs:
                 done = self._copy_range(fd, src + pos + a, offset + pos + a, b - a)
@@ -263,9 +267,9 @@ class Sink:
 
     @staticmethod
     def _edges_dense(fd: int, src: int) -> bool:
-        """Neither the first nor the last page of the MiB at src is all zero."""
+        """Neither the first nor the last page of the piece at src is all zero."""
         return all(pread_exact(fd, PAGE_SIZE, at) != ZERO_PAGE
-                   for at in (src, src + BLOCK - PAGE_SIZE))
+                   for at in (src, src + PIECE - PAGE_SIZE))
 
     def _copy_range(self, fd: int, src: int, dst: int, n: int) -> int:
         """copy_file_range; return the bytes copied (fewer where the kernel cannot)."""
@@ -406,11 +410,11 @@ def _on_sigterm(handler):
 
 def _steps(offset: int, n: int) -> Iterator[tuple[int, int]]:
     """(position, length) of copy_file's pieces: a partial first page alone, then up to the
-    output's MiB boundaries (so pages and MiBs line up), then whole MiBs."""
+    output's PIECE boundaries (so pages and pieces line up), then whole pieces."""
     pos = 0
     while pos < n:
         at = offset + pos
-        k = min(PAGE_SIZE - at % PAGE_SIZE if at % PAGE_SIZE else BLOCK - at % BLOCK, n - pos)
+        k = min(PAGE_SIZE - at % PAGE_SIZE if at % PAGE_SIZE else PIECE - at % PIECE, n - pos)
         yield pos, k
         pos += k
 
@@ -451,7 +455,7 @@ def write_memory(sink: Sink, mem, start: int, end: int, offset: int,
     """Memory [start, end) to the sink at `offset` (ELF and s390 data): holes for known
     zeros, plain file bytes copied by the kernel, the rest written from the block read;
     `patches` (paddr, bytes) replace memory."""
-    # whole file extents: copy_file cuts them at the output's MiB boundaries
+    # whole file extents: copy_file cuts them at the output's PIECE boundaries
     for blk in memory_blocks(mem, start, end, patches, files=True, split_files=False):
         at = offset + blk.paddr - start
         if blk.kind == "zero":
