@@ -381,6 +381,19 @@ def test_write_behind_sends_each_window_once_in_order(tmp_path, monkeypatch):
     assert dropped == [(a, n, os.POSIX_FADV_DONTNEED) for a, n in waited]
 
 
+def streamed(src: Path):
+    """A writer that streams all of file src from offset 0 (write-behind on)."""
+    def write(sink):
+        sink.stream_from(0)
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            sink.copy_file(0, fd, 0, src.stat().st_size)
+        finally:
+            os.close(fd)
+
+    return write
+
+
 def test_write_behind_error_is_a_failed_write(tmp_path, monkeypatch):
     """The disk's error can come back from the write-behind: the dump fails there, with
     the line, and nothing is left under the name."""
@@ -395,16 +408,8 @@ def test_write_behind_error_is_a_failed_write(tmp_path, monkeypatch):
 
     monkeypatch.setattr(writing.libc, "sync_file_range", eio)
 
-    def write(sink):
-        sink.stream_from(0)
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            sink.copy_file(0, fd, 0, len(data))
-        finally:
-            os.close(fd)
-
     with pytest.raises(writing.OutputError, match="Input/output error.*nothing written"):
-        write_output(str(tmp_path / "out"), len(data), len(data), False, write,
+        write_output(str(tmp_path / "out"), len(data), len(data), False, streamed(src),
                      progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
@@ -423,7 +428,7 @@ def test_read_ahead_error_reaches_the_writer(tmp_path, monkeypatch):
         return real(fd, n, offset, *a)
 
     monkeypatch.setattr(writing, "pread_exact", pread)
-    monkeypatch.setattr(writing, "DENSE_AFTER", 100)  # every MiB is read
+    monkeypatch.setattr(writing, "DENSE_AFTER", 1 << 60)  # every MiB is read
     with pytest.raises(ImageChanged, match="Input/output error.*nothing written"):
         copy_out(tmp_path, src, "out", len(data))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
@@ -445,14 +450,7 @@ def test_write_behind_not_offered_is_left_out(tmp_path, monkeypatch):
 
     monkeypatch.setattr(writing.libc, "sync_file_range", einval)
 
-    def write(sink):
-        sink.stream_from(0)
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            sink.copy_file(0, fd, 0, len(data))
-        finally:
-            os.close(fd)
-
-    write_output(str(tmp_path / "out"), len(data), len(data), False, write, progress=False)
+    write_output(str(tmp_path / "out"), len(data), len(data), False, streamed(src),
+                 progress=False)
     assert (tmp_path / "out").read_bytes() == data
     assert len(calls) == 1  # tried once, then left out
