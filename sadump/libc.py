@@ -6,6 +6,7 @@ quietly absent and sadump works as before."""
 from __future__ import annotations
 
 import functools
+import os
 
 #: sync_file_range flags (linux/fs.h)
 WAIT_BEFORE, WRITE, WAIT_AFTER = 1, 2, 4
@@ -54,8 +55,5 @@ def sync_file_range(fd: int, offset: int, n: int, flags: int) -> None:
     """sync_file_range(2); raises OSError (EIO, ENOSPC: the write-back failed)."""
     fn = _sync_file_range()
     if fn is not None and fn(fd, offset, n, flags) != 0:
-        import ctypes
-        import os
-
-        err = ctypes.get_errno()
+        err = _libc()[0].get_errno()
         raise OSError(err, os.strerror(err))
