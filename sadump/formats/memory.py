@@ -213,6 +213,26 @@ class RangeList(Sequence):
         return self._ends[i]
 
 
+@dataclass
+class DumperFacts:
+    """What the program that wrote the dump recorded about the dump itself (a stand-alone
+    dumper's header, z/VM's records): shown by inspect-meminfo and info, kept apart from what
+    the kernel says. None: the format does not record it."""
+
+    format: str  # s390, s390_ext, s390mv_ext, tape, vmdump, ngdump
+    version: int | None = None
+    start_tod: int | None = None  # TOD clock at dump start (epoch 1900, microseconds = tod >> 12)
+    end_tod: int | None = None  # TOD clock of the end marker
+    cpu_id: int | None = None  # STIDP of the dumping CPU
+    cpu_count: int | None = None
+    real_cpu_count: int | None = None
+    mem_size: int | None = None  # bytes of memory the dump covers
+    mem_size_real: int | None = None  # the machine's memory (can exceed mem_size)
+    compression: str | None = None  # "zlib", or None for stored bytes
+    volumes: int | None = None
+    block_size: int | None = None
+
+
 class PhysicalMemory(ABC):
     """Physical memory of one system, as read from an image file."""
 
@@ -229,6 +249,8 @@ class PhysicalMemory(ABC):
         self.incomplete: str | None = None
         #: CPU lowcore addresses the input's header lists (the s390 dump format does)
         self.cpu_prefixes: list[int] = []
+        #: what the dumper recorded about the dump (DumperFacts), for the formats that do
+        self.dumper: DumperFacts | None = None
         #: the makedumpfile dump level the input was filtered at (kdump-compressed files)
         self.dump_level: int | None = None
         #: addresses at or past this are not memory (MAX_PHYS_ADDR; see vmcoreinfo_phys_limit)
