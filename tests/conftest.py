@@ -10,18 +10,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = ROOT.parent / "shared" / "real"
-ABSENT = "../shared/real is absent: real s390x images not available"
+ABSENT = f"{REAL_DIR} is absent: real s390x images not available"
 
 # `import sadump` and `import tests.fixtures` work however pytest was started.
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.fixtures import decompress_zst_sparse
+from tests.fixtures import IN_CI, decompress_zst_sparse
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "real: uses the real s390x images of ../shared/real (skipped when absent)"
+        "markers", "real: uses the real s390x images of ../shared/real (skipped when absent, but "
+        "failed under CI=true)"
     )
 
 
@@ -30,6 +31,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if {"real_file", "real_text"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real)
+
+
+def real_dir_present() -> None:
+    """Skip when ../shared/real is absent, but fail under CI (CI=true), where it must be."""
+    if REAL_DIR.is_dir():
+        return
+    if IN_CI:
+        pytest.fail(f"{ABSENT} (CI is set: the real data must be there)", pytrace=False)
+    pytest.skip(ABSENT)
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +59,7 @@ def real_file(tmp_path_factory: pytest.TempPathFactory):
         if cache and (Path(cache) / name).is_file():
             done[name] = Path(cache) / name
             return done[name]
-        if not REAL_DIR.is_dir():
-            pytest.skip(ABSENT)
+        real_dir_present()
         src = REAL_DIR / f"{name}.zst"
         if not src.is_file():
             pytest.fail(f"no real file {name}: {src} does not exist")
@@ -67,8 +76,10 @@ def real_text():
     """name -> str of one of the real text files, e.g. real_text("rimg-kdump.osinfo.txt")."""
 
     def get(name: str) -> str:
-        if not REAL_DIR.is_dir():
-            pytest.skip(ABSENT)
-        return (REAL_DIR / name).read_text()
+        real_dir_present()
+        path = REAL_DIR / name
+        if not path.is_file():
+            pytest.fail(f"no real text {name}: {path} does not exist")
+        return path.read_text()
 
     return get

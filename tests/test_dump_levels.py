@@ -15,6 +15,7 @@ from sadump.formats.elf import ElfCore
 from sadump.kernel.mem_section import MissingKeyError, pfn_ranges
 from sadump.kernel.vmcoreinfo import VmcoreInfo
 from sadump.page_filter import plan_page_filter
+from tests.fixtures import import_drgn
 from tests.fixtures.builder import ImageSpec, write_raw
 
 runner = CliRunner()
@@ -211,9 +212,7 @@ def test_raw_image_on_the_kdump_path_differs_only_by_its_moment(real_file, tmp_p
 
 
 def test_drgn_opens_a_filtered_dump(real_file, tmp_path):
-    drgn = pytest.importorskip("drgn", reason="drgn is not installed (Linux x86_64/aarch64)")
-    if not getattr(drgn, "_with_libkdumpfile", False):
-        pytest.skip("this drgn was built without libkdumpfile: it cannot read kdump files")
+    drgn = import_drgn(kdump=True)
     from drgn.helpers.linux.printk import get_printk_records
 
     ours = json.loads(run("dmesg", "--json", real_file(VMCORE)).stdout)["records"]

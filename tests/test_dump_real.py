@@ -152,7 +152,7 @@ def test_readelf_reads_it_without_warnings(outputs):
         assert "NT_PRPSINFO" in res.stdout and "VMCOREINFO" in res.stdout
 
 
-def test_nokdump_falls_back_to_a_full_dump(real_file, tmp_path):
+def test_nokdump_falls_back_to_a_full_dump(real_file, real_text, tmp_path):
     out = tmp_path / "vmcore"
     res = runner.invoke(app, ["dump", str(real_file("rimg-nokdump.raw")), "-o", str(out),
                               "--json"])
@@ -163,8 +163,7 @@ def test_nokdump_falls_back_to_a_full_dump(real_file, tmp_path):
     info = elf_info(out)
     assert [(s[3], s[5]) for s in info["loads"]] == [(0, 1 << 30)]  # all memory
     assert any(n[0] == "VMCOREINFO" for n in info["notes"])
-    assert vmcoreinfo_of(info) == (Path(__file__).parents[2] / "shared" / "real" /
-                                   "rimg-nokdump.vmcoreinfo.txt").read_text()
+    assert vmcoreinfo_of(info) == real_text("rimg-nokdump.vmcoreinfo.txt")
 
 
 def test_s390_format_reads_back(real_file, tmp_path):
