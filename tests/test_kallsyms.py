@@ -4,7 +4,6 @@ Call Trace, and against tables built from the spec (tests/fixtures/kstack.py).""
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
 
 import pytest
@@ -30,9 +29,7 @@ TABLES = 0x100000
 def vmcore_syms(real_file):
     analysis = analyse(str(real_file("rimg-kdump.proc-vmcore.elf")))
     try:
-        start = time.perf_counter()
         syms = decode(analysis.vmcoreinfo.info, analysis.kernel_memory)
-        syms.seconds = time.perf_counter() - start
     finally:
         analysis.close()
     return syms
@@ -53,10 +50,6 @@ def test_real_symbols_are_system_map_less_the_table_labels(vmcore_syms, real_tex
     assert rest.total() == 8 and {name for _, _, name in rest} == LABELS
     assert vmcore_syms.encoding == "relative-base"
     assert vmcore_syms.all_symbols  # CONFIG_KALLSYMS_ALL=y (config-6.1.192-rimg)
-
-
-def test_real_decode_is_fast(vmcore_syms):
-    assert vmcore_syms.seconds < 1.0
 
 
 def test_real_lookup_prints_the_kernels_own_call_trace(vmcore_syms, real_text):

@@ -1,7 +1,8 @@
 """Issue 9: work and memory bounded by what the file holds, on inputs aimed at the limits.
 
-Each case runs the real CLI in a subprocess under RLIMIT_AS 1 GiB and asserts the status,
-the one-line message and a generous time bound (a guard against hangs, not a benchmark).
+Each case runs the real CLI in a subprocess under RLIMIT_AS 1 GiB and asserts the status and
+the one-line message; the subprocess timeout catches a hang. How long each case takes is a
+benchmark's figure (benchmarks/limits.py), not a test's.
 """
 
 from __future__ import annotations
@@ -29,20 +30,18 @@ from tests.fixtures.builder import elf_note
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 BS = 4096
-HANG = 10.0  # seconds: every case ends well within this
+HANG = 60  # seconds: a subprocess still running then has hung (each case takes < 1 s alone)
 
 
-def cli(*args, limit: int = 1 << 30, stdout=subprocess.PIPE, timeout: float = 60):
-    """Run sadump; returns (CompletedProcess, seconds)."""
+def cli(*args, limit: int = 1 << 30, stdout=subprocess.PIPE, timeout: float = HANG):
+    """Run sadump; a hang raises TimeoutExpired."""
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    start = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "sadump", *map(str, args)], env=env, cwd=ROOT,
-                       stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout,
-                       preexec_fn=cap, check=False)
-    return r, time.monotonic() - start
+    return subprocess.run([sys.executable, "-m", "sadump", *map(str, args)], env=env, cwd=ROOT,
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout,
+                          preexec_fn=cap, check=False)
 
 
 def error_line(r) -> str:
@@ -59,7 +58,6 @@ def test_alternating_bitmap_in_an_incomplete_file(tmp_path):
     path = hostile.alternating_kdump(tmp_path / "alt.kdump")
     desc_off = (1 + 1 + 2 * 2 * MiB // BS) * BS
     room = (8 * MiB - desc_off) // 24  # descriptors in the file
-    start = time.monotonic()
     with KdumpFile(str(path)) as m:
         ranges = m.ranges()
         assert len(ranges) == room
@@ -69,29 +67,25 @@ def test_alternating_bitmap_in_an_incomplete_file(tmp_path):
         assert m.is_present(2 * BS) and not m.is_present(BS)
         assert not m.is_present(2 * room * BS)
         assert m.incomplete and any("descriptors of the" in w for w in m.warnings)
-    assert time.monotonic() - start < HANG
-    r, secs = cli("inspect-meminfo", path)
+    r = cli("inspect-meminfo", path)
     assert r.returncode == Exit.FULL_DUMP, r.stderr
     assert "page not written (incomplete dump)" in r.stderr
-    assert secs < HANG
 
 
 def test_too_fragmented_bitmap_is_refused(tmp_path):
     path = hostile.alternating_kdump(tmp_path / "alt.kdump", size=64 * MiB,
                                      bitmap_bytes=16 * MiB)
-    r, secs = cli("inspect-meminfo", path)
+    r = cli("inspect-meminfo", path)
     assert r.returncode == Exit.IMAGE_ERROR
     assert "more than 262144 runs of dumped pages" in error_line(r)
-    assert secs < HANG
 
 
 def test_complete_file_whose_descriptors_do_not_fit(tmp_path):
     path = hostile.alternating_kdump(tmp_path / "alt.kdump", incomplete=False)
-    r, secs = cli("info", path)
+    r = cli("info", path)
     assert r.returncode == Exit.IMAGE_ERROR
     assert "page descriptors end at" in error_line(r) and "past the end of the file" in \
         error_line(r)
-    assert secs < HANG
 
 
 def test_max_mapnr_past_what_s390x_can_address(tmp_path):
@@ -111,10 +105,9 @@ def test_max_mapnr_past_what_s390x_can_address(tmp_path):
 @pytest.mark.parametrize("command", ["dmesg", "info"])
 def test_printk_ring_of_2_31_descriptors(tmp_path, command):
     path = hostile.huge_printk_ring(tmp_path / "ring.raw")
-    r, secs = cli(command, path)
+    r = cli(command, path)
     assert r.returncode == Exit.OK, r.stderr
     assert "descriptor ids in a row" in r.stderr and "is not read" in r.stderr
-    assert secs < HANG
 
 
 # ---- 3: addresses past MAX_PHYSMEM_BITS --------------------------------------------------
@@ -122,10 +115,10 @@ def test_printk_ring_of_2_31_descriptors(tmp_path, command):
 @pytest.mark.parametrize("paddr", [1 << 46, 1 << 50, 1 << 63, (1 << 64) - 4096])
 def test_elf_load_past_max_physmem(tmp_path, paddr):
     path = hostile.elf_load_at(tmp_path / "far.elf", paddr)
-    r, secs = cli("dump", "--format", "s390", "-o", "-", path)
+    r = cli("dump", "--format", "s390", "-o", "-", path)
     assert r.returncode == Exit.IMAGE_ERROR
     assert "past what s390x can address" in error_line(r)
-    assert r.stdout == "" and secs < HANG
+    assert r.stdout == ""
 
 
 def test_elf_load_just_below_the_limit_is_memory(tmp_path):
@@ -209,15 +202,13 @@ def test_image_shrinks_while_dump_runs(tmp_path, where, n):
     out = tmp_path / "out" / "vmcore"
     out.parent.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    start = time.monotonic()
     r = subprocess.run([sys.executable, "-c", TRUNCATE_ON_CALL, where, str(n), str(image),
                         "dump", "--mode", "full", "-o", str(out), str(image)],
-                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=HANG,
                        check=False)
     assert r.returncode == Exit.IMAGE_ERROR, r.stderr
     assert "the image changed or could not be read while it was read" in error_line(r)
     assert list(out.parent.iterdir()) == []
-    assert time.monotonic() - start < HANG
 
 
 # ---- 5: Ctrl-C while a command is busy ----------------------------------------------------
@@ -269,10 +260,9 @@ def test_too_many_elf_segments(tmp_path):
         f.write(b"".join(load.pack(1, 7, 0, 2 * i * BS, 2 * i * BS, 0, BS, BS)
                          for i in range(n)))
         f.write(struct.pack(">IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, n, 0, 0))  # section 0: sh_info
-    r, secs = cli("inspect-meminfo", path)
+    r = cli("inspect-meminfo", path)
     assert r.returncode == Exit.IMAGE_ERROR
     assert "separate ranges of memory, more than sadump reads (262144)" in error_line(r)
-    assert secs < HANG
 
 
 def _shrink_then_read(m, path, paddr: int, size: int) -> str:
@@ -307,7 +297,7 @@ def test_kdump_readers_notice_a_shrunk_file(tmp_path, cls):
 
 def test_a_zero_tail_claimed_by_a_header_is_not_streamed(tmp_path):
     """One PT_LOAD of 4 KiB in the file whose p_memsz claims 32 TiB of zeros: no 32 TiB
-    stream, exit 4 with the reason, within seconds."""
+    stream, exit 4 with the reason (a 32 TiB stream would run into the timeout)."""
     import struct
 
     path = tmp_path / "tail.elf"
@@ -315,9 +305,7 @@ def test_a_zero_tail_claimed_by_a_header_is_not_streamed(tmp_path):
                        0, 64, 0, 0, 64, 56, 1, 0, 0, 0)
     phdr = struct.pack(">IIQQQQQQ", 1, 7, 4096, 0, 0, 4096, 1 << 45, 4096)
     path.write_bytes(ehdr + phdr + bytes(4096 - 120) + b"\x5a" * 4096)
-    start = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "sadump", "dump", str(path), "--mode", "full",
                         "--format", "s390", "-o", "-"], check=False, capture_output=True,
-                       timeout=60)
-    assert time.monotonic() - start < 10
+                       timeout=HANG)
     assert r.returncode == Exit.IMAGE_ERROR and b"claim" in r.stderr and len(r.stdout) == 0

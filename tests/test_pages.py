@@ -9,7 +9,6 @@ from spec section 0 by hand, not from sadump's code.
 from __future__ import annotations
 
 import struct
-import time
 
 import numpy as np
 import pytest
@@ -159,14 +158,6 @@ def test_real_raw_image_kdump_path(real_file):
             assert np.array_equal(padded(r.bitmap1, ref["bitmap1"].size), ref["bitmap1"])
     finally:
         a.close()
-
-
-def test_real_vmcore_is_fast(vmcore):
-    keys = filter_keys(vmcore.vmcoreinfo.info)
-    present = pfn_ranges(vmcore.memory.ranges())
-    t = time.perf_counter()
-    filter_pages(vmcore.kernel_memory, keys, present, 31)
-    assert time.perf_counter() - t < 5  # 14 MiB of struct page; about 0.06 s alone
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -487,22 +478,37 @@ def test_mem_section_pointer_form():
     assert r.sections.roots == "pointer" and r.counts["FREE"] == 8
 
 
-def test_wild_root_is_a_clear_error():
+def counted_reads(monkeypatch) -> list[int]:
+    """[reads, bytes] of the synthetic memory from now on: the work a damaged input costs."""
+    seen = [0, 0]
+    real = SyntheticMemory._read
+
+    def read(self, paddr, size):
+        seen[0] += 1
+        seen[1] += size
+        return real(self, paddr, size)
+
+    monkeypatch.setattr(SyntheticMemory, "_read", read)
+    return seen
+
+
+def test_wild_root_is_a_clear_error(monkeypatch):
     m = PageMachine("6.1", root_override=0xDEAD00000000)
-    t = time.perf_counter()
+    seen = counted_reads(monkeypatch)
     with pytest.raises(MemSectionError, match="mem_map"):
         run(m, 31)
-    assert time.perf_counter() - t < 5
+    assert seen[0] <= 16 and seen[1] <= 4096  # a few section words, no walk
     r = run(m, 1)  # level 1 needs no struct page
     assert r.dumpable == r.present
 
 
-def test_wild_section_mem_map_keeps_pages_bounded():
+def test_wild_section_mem_map_keeps_pages_bounded(monkeypatch):
     m = PageMachine("6.1", section_map_override={0: 0x7FFF00000000 | 3})
     m.page(SECTION_PAGES + 8, mapcount=BUDDY_61, private=3)
-    t = time.perf_counter()
+    seen = counted_reads(monkeypatch)
     r = run(m, 31)
-    assert time.perf_counter() - t < 20
+    # not a read per unreadable struct page: at most the one good section's struct pages
+    assert seen[0] <= 64 and seen[1] <= SECTION_PAGES * 64
     assert r.unreadable == SECTION_PAGES  # section 0: no struct page readable, all kept
     assert r.counts["FREE"] == 8 and any("kept" in w for w in r.warnings)
 
