@@ -231,7 +231,7 @@ def sadump_outputs(real_file, tmp_path_factory) -> dict:
         path = folder / f"{name}.{fmt}"
         res = runner.invoke(app, ["dump", "--format", fmt, "-o", str(path),
                                   str(real_file(name))])
-        assert res.exit_code in (Exit.OK, Exit.FULL_DUMP), res.stderr
+        assert res.exit_code == Exit.OK, res.stderr  # kdump path, or a dump converted as is
         out[(name, fmt)] = path
     return out
 

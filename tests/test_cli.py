@@ -70,8 +70,13 @@ def test_truncated_elf_is_one_line(tmp_path):
 
 
 def test_usage_errors():
-    assert sadump("inspect-meminfo").returncode == Exit.USAGE
-    assert sadump("inspect-meminfo", "--bogus").returncode == Exit.USAGE
+    r = sadump("inspect-meminfo")
+    assert r.returncode == Exit.USAGE and r.stdout == ""
+    assert r.stderr.splitlines()[0] == \
+        "sadump: error: missing IMAGE (or --sample for the bundled sample image)"
+    r = sadump("inspect-meminfo", "--bogus")
+    assert r.returncode == Exit.USAGE and r.stdout == ""
+    assert "No such option '--bogus'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_unknown_input_format(tmp_path):
@@ -126,10 +131,13 @@ def test_verify_option(tmp_path):
     assert json.loads(r.stdout)["output"]["kdump"]["verified"].startswith("read back")
     r = sadump("dump", image, "--verify", "none", "-o", tmp_path / "e")
     assert r.returncode == Exit.OK, r.stderr
+    assert (tmp_path / "e").read_bytes()[:4] == b"\x7fELF" and "wrote" in r.stderr
     r = sadump("dump", image, "--format", "s390", "--verify", "none", "-o", tmp_path / "s")
     assert r.returncode == Exit.USAGE and "--verify" in r.stderr
+    assert not (tmp_path / "s").exists()
     r = sadump("dump", image, "--verify", "sometimes", "-o", tmp_path / "x")
-    assert r.returncode == Exit.USAGE
+    assert r.returncode == Exit.USAGE and "'sometimes' is not one of" in r.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_verify_none_skips_the_elf_check(tmp_path, monkeypatch):
@@ -146,8 +154,12 @@ def test_verify_none_skips_the_elf_check(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["dump", str(image), "--verify", "none", "-o",
                                    str(tmp_path / "a")])
     assert res.exit_code == Exit.OK, res.stderr
+    assert (tmp_path / "a").read_bytes()[:4] == b"\x7fELF"
+    # without --verify none the check runs: the planted failure, no other, stops the dump
     res = CliRunner().invoke(app, ["dump", str(image), "-o", str(tmp_path / "b")])
-    assert res.exit_code != Exit.OK and not (tmp_path / "b").exists()
+    assert isinstance(res.exception, AssertionError), res.exception
+    assert str(res.exception) == "pyelftools check ran"
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")

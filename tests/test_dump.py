@@ -242,8 +242,10 @@ def test_full_dump_keeps_vmcoreinfo_when_os_info_is_bad(tmp_path):
 
 def test_bad_options(tmp_path):
     image = write_raw(ImageSpec(), tmp_path / "mem.raw")
-    assert dump(image, tmp_path / "v", "--mode", "fast").exit_code == Exit.USAGE
-    assert dump(image, tmp_path / "v", "--format", "lkcd").exit_code == Exit.USAGE
+    res = dump(image, tmp_path / "v", "--mode", "fast")
+    assert res.exit_code == Exit.USAGE and "'fast' is not one of" in res.stderr
+    res = dump(image, tmp_path / "v", "--format", "lkcd")
+    assert res.exit_code == Exit.USAGE and "'lkcd' is not one of" in res.stderr
     assert not (tmp_path / "v").exists()
 
 

@@ -10,8 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from sadump.cli import Exit, app
+from sadump.formats.elf import ElfCore
 
 runner = CliRunner()
+MiB = 1 << 20
 #: the crash of rimg-kdump as its VMCOREINFO CRASHTIME says (README of shared/real, issue 14)
 CRASH = "crash time 2026-11-26 18:01:07 UTC"
 
@@ -76,6 +78,15 @@ def test_modes_keep_their_meaning_for_a_dump(real_file, tmp_path):
     vmcore = real_file("rimg-kdump.proc-vmcore.elf")
     res = run("dump", vmcore, "--mode", "kdump", "-o", tmp_path / "k", "--json")
     assert res.exit_code == Exit.OK, res.stderr
+    kdump = json.loads(res.stdout)
+    # the input is its own kdump-shaped view: written as it is, crashkernel still left out
+    assert kdump["path"] == "kdump" and kdump["decision"]["path"] == "dumped"
+    assert kdump["output"]["excluded"] == [0x38000000, 1 << 30]
+    assert [(s["paddr"], s["size"]) for s in kdump["output"]["segments"]] == [(0, 0x38000000)]
+    with ElfCore(str(vmcore)) as theirs, ElfCore(str(tmp_path / "k")) as ours:
+        assert ours.ranges() == theirs.ranges() == [(0, 0x38000000)]
+        for pos in range(0, 0x38000000, 4 * MiB):
+            assert ours.read(pos, MiB) == theirs.read(pos, MiB), hex(pos)
     res = run("dump", vmcore, "--mode", "full", "-o", tmp_path / "f", "--json")
     assert res.exit_code == Exit.OK, res.stderr
     full = json.loads(res.stdout)["output"]

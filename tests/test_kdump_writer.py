@@ -176,7 +176,8 @@ def test_every_codec_reads_back_page_for_page(image, tmp_path, codec):
 
 def test_header_notes_and_vmcoreinfo(image, tmp_path):
     assert dump(image, tmp_path / "vmcore").exit_code == Exit.OK
-    runner.invoke(app, ["dump", str(image), "-o", str(tmp_path / "elf")])
+    assert runner.invoke(app, ["dump", str(image), "-o", str(tmp_path / "elf")]).exit_code == \
+        Exit.OK
     k = parse_kdump((tmp_path / "vmcore").read_bytes())
     # utsname: the builder's init_uts_ns (sysname, nodename, release, version, machine, domain)
     assert k["uts"] == ["Linux", "synthetic", OSRELEASE, "#1 SMP", "s390x", "(none)"]
@@ -241,12 +242,14 @@ def test_flatten_to_a_file(image, tmp_path):
 
 def test_options(image, tmp_path, monkeypatch):
     out = tmp_path / "v"
-    assert dump(image, out, "--compress", "lz4").exit_code == Exit.USAGE
-    assert dump(image, out, "--jobs", "0").exit_code == Exit.USAGE
+    res = dump(image, out, "--compress", "lz4")
+    assert res.exit_code == Exit.USAGE and "'lz4' is not one of" in res.stderr
+    res = dump(image, out, "--jobs", "0")
+    assert res.exit_code == Exit.USAGE and "--jobs 0: a number of threads" in res.stderr
     res = runner.invoke(app, ["dump", str(image), "-o", str(out), "--compress", "zlib"])
     assert res.exit_code == Exit.USAGE and "--format kdump" in res.stderr
     res = runner.invoke(app, ["dump", str(image), "-o", str(out), "--flatten"])
-    assert res.exit_code == Exit.USAGE
+    assert res.exit_code == Exit.USAGE and "--flatten: only with --format kdump" in res.stderr
     monkeypatch.setitem(sys.modules, "lzallright", None)  # import lzallright fails
     res = dump(image, out, "--compress", "lzo")
     assert res.exit_code == Exit.USAGE and "lzallright" in res.stderr
