@@ -15,7 +15,8 @@ from sadump.dump_plan import plan_dump, write_dump
 from sadump.writers import elf as elf_writer
 from sadump.writers.elfcheck import check_elf
 from sadump.writers.sink import OutputError
-from tests.fixtures.builder import ImageSpec, write_raw
+from tests.fixtures.builder import ImageSpec, MiB, write_raw
+from tests.test_dump import ranges_of, read_elf
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,20 @@ def written(tmp_path_factory):
 
 
 def test_the_written_dump_passes(written):
+    """The check passes on the file, and the plan it checks against is the image's own: the
+    file read by the tests' ELF reader (written from the ELF spec) holds the fixture's memory
+    layout and notes, so check and plan cannot be wrong together."""
     plan, path, _ = written
-    check_elf(str(path), plan.layout.segments, plan.layout.note_offset, plan.notes)
+    assert check_elf(str(path), plan.layout.segments, plan.layout.note_offset, plan.notes) \
+        is None
+    spec = ImageSpec(crashtime=1)
+    elf = read_elf(path)
+    assert ranges_of(elf) == spec.present == [(0, 64 * MiB)]  # full: all memory, one PT_LOAD
+    assert elf["phdrs"][0]["offset"] == plan.layout.note_offset
+    assert [(n.name, n.type, n.desc) for n in plan.notes] == elf["notes"]
+    assert len([n for n in elf["notes"] if n[:2] == ("CORE", 1)]) == len(spec.cpus) == 2
+    vmci = [desc for name, _, desc in elf["notes"] if name == "VMCOREINFO"]
+    assert vmci == [spec.build().vmcoreinfo]
 
 
 def test_other_segments_or_notes_fail(written):
