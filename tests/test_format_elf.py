@@ -1,4 +1,5 @@
-"""ElfCore: the real QEMU and /proc/vmcore files, plus small synthetic cores good and bad."""
+"""ElfCore: the real QEMU and /proc/vmcore files, plus small synthetic cores good and bad
+(packed from the ELF64 layout by tests/fixtures/elfcore.py, not with sadump's records)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from sadump.formats.elf import (
 )
 from sadump.formats.memory import Note
 from sadump.formats.raw import RawImage
+from tests.fixtures import elfcore
+from tests.fixtures.kdump import elf_note
 
 QUIRKS = ("e_ehsize is 8", "section headers at 0x40", "section header 1 is written", "pr_pid")
 
@@ -62,16 +65,17 @@ def note_seg(offset, size):
 
 
 def write_elf(path, phdrs, blobs=(), size=None, order="big", shdrs=None, **ehdr):
-    """Header, program headers at e_phoff (64), blobs at their offsets, optional sections."""
-    eh_s, ph_s, sh_s, _ = STRUCTS[order]
+    """Header, program headers at e_phoff (64), blobs at their offsets, optional sections;
+    packed from the ELF64 layout (tests/fixtures/elfcore.py), not with sadump's records."""
     fields = {"e_phnum": len(phdrs), **ehdr}
     if shdrs is not None:
         fields.setdefault("e_shoff", 0x800)
         fields.setdefault("e_shnum", len(shdrs))
-    buf = bytearray(eh_s.build(fields))
-    parts = [(fields.get("e_phoff", 64), b"".join(ph_s.build(p) for p in phdrs)), *blobs]
+    buf = bytearray(elfcore.ehdr(order, **fields))
+    parts = [(fields.get("e_phoff", 64), b"".join(elfcore.phdr(order, **p) for p in phdrs)),
+             *blobs]
     if shdrs is not None:
-        parts.append((fields["e_shoff"], b"".join(sh_s.build(s) for s in shdrs)))
+        parts.append((fields["e_shoff"], b"".join(elfcore.shdr(order, **s) for s in shdrs)))
     for off, data in parts:
         if len(buf) < off + len(data):
             buf.extend(bytes(off + len(data) - len(buf)))
@@ -89,8 +93,8 @@ def pattern(n: int, seed: int) -> bytes:
 @pytest.fixture
 def small_core(tmp_path):
     """Notes for one CPU and 16 KiB of memory at 0x10000."""
-    notes = build_note(Note("CORE", NT_PRSTATUS, prstatus(1))) + build_note(
-        Note("LINUX", NT_S390_PREFIX, b"\0\0\x20\0")
+    notes = elf_note("CORE", NT_PRSTATUS, prstatus(1)) + elf_note(
+        "LINUX", NT_S390_PREFIX, b"\0\0\x20\0"
     )
     mem = pattern(0x4000, 1)
     path = write_elf(
@@ -115,6 +119,7 @@ def one_line_error(path, match):
 def test_note_round_trip(name, desc_len):
     note = Note(name, 0x300 + desc_len, bytes(range(1, desc_len + 1)))
     raw = build_note(note)
+    assert raw == elf_note(name, note.type, note.desc)  # the layout packed from the spec
     assert len(raw) % 4 == 0
     namesz, descsz, ntype = struct.unpack(">III", raw[:12])
     assert namesz == (len(name) + 1 if name else 0)
@@ -136,20 +141,21 @@ def test_kernel_note_layout():
 
 def test_terminating_note():
     assert build_note(Note("", 0, b"")) == bytes(12)
-    a, b = Note("CORE", 1, b"x"), Note("LINUX", 2, b"y")
-    assert parse_notes(build_note(a) + bytes(12) + build_note(b)) == [a]
+    raw = elf_note("CORE", 1, b"x") + bytes(12) + elf_note("LINUX", 2, b"y")
+    assert parse_notes(raw) == [Note("CORE", 1, b"x")]  # nothing after the empty note
 
 
 def test_little_endian_notes():
     note = Note("CORE", NT_PRSTATUS, b"abcd")
     raw = build_note(note, "little")
-    assert raw[:12] == struct.pack("<III", 5, 4, 1)
-    assert parse_notes(raw, "little") == [note]
+    spec = elf_note("CORE", NT_PRSTATUS, b"abcd", "little")
+    assert raw == spec and raw[:12] == struct.pack("<III", 5, 4, 1)
+    assert parse_notes(spec, "little") == [note]
 
 
 @pytest.mark.parametrize("namesz,descsz", [(5, 0xFFFFFFFF), (0xFFFFFFFF, 4), (5, 400)])
 def test_note_running_past_buffer(namesz, descsz):
-    good = build_note(Note("CORE", 1, b"1234"))
+    good = elf_note("CORE", 1, b"1234")
     bad = struct.pack(">III", namesz, descsz, 1) + b"CORE\0\0\0\0" + bytes(16)
     with pytest.raises(ImageError, match="run past the end"):
         parse_notes(good + bad)
@@ -159,7 +165,7 @@ def test_note_running_past_buffer(namesz, descsz):
 
 
 def test_too_many_notes():
-    raw = build_note(Note("X", 1, b"")) * 10
+    raw = elf_note("X", 1, b"") * 10
     assert len(parse_notes(raw, max_notes=10)) == 10
     with pytest.raises(ImageError, match="more than 9 notes"):
         parse_notes(raw, max_notes=9)
@@ -182,6 +188,7 @@ def test_fast_phdr_matches_construct(order):
     fields |= {"p_paddr": 3, "p_filesz": 4, "p_memsz": 5, "p_align": 0x1000}
     unpack, record = _fast(order, 1)
     raw = STRUCTS[order][1].build(fields)
+    assert raw == elfcore.phdr(order, **fields)  # the ELF64 layout, packed independently
     assert unpack.size == len(raw) == 56
     assert record._make(unpack.unpack(raw))._asdict() == fields
 
@@ -364,7 +371,7 @@ def test_unsorted_segments_with_gap(tmp_path):
 
 def test_little_endian_core(tmp_path):
     mem = pattern(0x1000, 6)
-    notes = build_note(Note("CORE", NT_PRSTATUS, prstatus(1, "little")), "little")
+    notes = elf_note("CORE", NT_PRSTATUS, prstatus(1, "little"), "little")
     path = write_elf(
         tmp_path / "le.elf",
         [note_seg(0x800, len(notes)), load(0x5000, 0x1000, 0x1000)],
@@ -405,7 +412,7 @@ def test_no_physical_address_and_no_loads(tmp_path):
 
 
 def test_bad_note_inside_segment_is_a_warning(tmp_path):
-    notes = build_note(Note("CORE", 1, prstatus(1))) + struct.pack(">III", 5, 9999, 1)
+    notes = elf_note("CORE", 1, prstatus(1)) + struct.pack(">III", 5, 9999, 1)
     path = write_elf(
         tmp_path / "c.elf",
         [note_seg(0x800, len(notes) + 8), load(0, 0x1000, 0x1000)],

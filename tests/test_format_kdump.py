@@ -1,5 +1,6 @@
-"""kdump-compressed readers: synthetic files built with the module's own declarations,
-bad inputs, and the real QEMU / makedumpfile files of the rimg guest."""
+"""kdump-compressed readers: synthetic files packed from the spec's tables
+(tests/fixtures/kdump.py, not sadump's declarations), bad inputs, and the real QEMU /
+makedumpfile files of the rimg guest."""
 
 from __future__ import annotations
 
@@ -31,6 +32,16 @@ from sadump.formats.kdump import (
     build_page_desc,
 )
 from sadump.formats.memory import Note
+from tests.fixtures import kdump as spec
+from tests.fixtures.kdump import (
+    disk_dump_header,
+    elf_note,
+    flat_end,
+    flat_header,
+    flat_record,
+    kdump_sub_header,
+    page_desc,
+)
 
 BS = 4096
 ZLIB, LZO, SNAPPY, ZSTD = 0x1, 0x2, 0x4, 0x20
@@ -99,11 +110,11 @@ def build_kdump(
     where = {}
     for pfn in dumped:
         if pages[pfn] == "zero":
-            descs += build_page_desc(zero_at, bs, 0, byteorder=order)
+            descs += page_desc(zero_at, bs, 0, order=order)
             continue
         flags, stored = pages[pfn]
         where[pfn] = data_start + len(data)
-        descs += build_page_desc(data_start + len(data), len(stored), flags, byteorder=order)
+        descs += page_desc(data_start + len(data), len(stored), flags, order=order)
         data += stored
     hdrfields = {
         "block_size": bs,
@@ -115,7 +126,7 @@ def build_kdump(
         "utsname": {"sysname": "Linux", "release": "6.1.0-test", "machine": "s390x"},
         "timestamp": {"tv_sec": 1700000000, "tv_usec": 500000},
     } | (header or {})
-    hdr = build_disk_dump_header(order, **hdrfields)
+    hdr = disk_dump_header(order, **hdrfields)
     subfields = {
         "max_mapnr_64": mapnr,
         "dump_level": 31,
@@ -124,7 +135,7 @@ def build_kdump(
         "offset_vmcoreinfo": bs + 104 + len(notes) if vmcoreinfo else 0,
         "size_vmcoreinfo": len(vmcoreinfo),
     } | (sub or {})
-    sub_bytes = build_kdump_sub_header(order, **subfields) + notes + vmcoreinfo
+    sub_bytes = kdump_sub_header(order, **subfields) + notes + vmcoreinfo
     blob = (
         hdr.ljust(bs, b"\0")
         + sub_bytes.ljust(sub_hdr_size * bs, b"\0")
@@ -141,8 +152,8 @@ def flatten(blob: bytes, piece: int = 1000, shuffle: bool = True, end: bool = Tr
     recs = [(off, blob[off : off + piece]) for off in range(0, len(blob), piece)]
     if shuffle:
         random.Random(7).shuffle(recs)
-    out = build_flat_header() + b"".join(build_flat_record(o, d) for o, d in recs)
-    return out + (build_flat_end() if end else b"")
+    out = flat_header() + b"".join(flat_record(o, d) for o, d in recs)
+    return out + (flat_end() if end else b"")
 
 
 def write(tmp_path, name: str, data: bytes) -> str:
@@ -177,8 +188,8 @@ def sample_pages() -> dict:
 
 
 def sample(order: str = "big", **kw) -> tuple[bytes, dict]:
-    notes = build_note(Note("CORE", 1, b"\x11" * 336), order) + build_note(
-        Note("LINUX", 0x305, b"\0\0\x12\x34"), order
+    notes = elf_note("CORE", 1, b"\x11" * 336, order) + elf_note(
+        "LINUX", 0x305, b"\0\0\x12\x34", order
     )
     return build_kdump(sample_pages(), order=order, notes=notes, vmcoreinfo=VMCOREINFO_TEXT, **kw)
 
@@ -263,7 +274,7 @@ def test_diskdump_signature_and_old_header_version(tmp_path):
 def test_vmcoreinfo_note_not_duplicated(tmp_path):
     """offset_vmcoreinfo pointing into the notes (makedumpfile) adds no second note."""
     order = "big"
-    notes = build_note(Note("VMCOREINFO", 0, VMCOREINFO_TEXT), order)
+    notes = elf_note("VMCOREINFO", 0, VMCOREINFO_TEXT, order)
     blob, _ = build_kdump(
         {0: (0, page_of(0))},
         notes=notes,
@@ -322,6 +333,28 @@ def test_declarations():
     head = build_flat_header()
     assert head[:16] == b"makedumpfile\0\0\0\0" and head[16:32] == struct.pack(">qq", 1, 1)
     assert build_flat_end() == b"\xff" * 16
+
+
+@pytest.mark.parametrize("order", ["big", "little"])
+def test_writer_side_builders_equal_the_spec_packing(order):
+    """sadump's own builders (the writer's) give the bytes packed from the spec's tables."""
+    fields = {"status": 0x21, "block_size": BS, "sub_hdr_size": 3, "bitmap_blocks": 6,
+              "max_mapnr": 0x38000, "current_cpu": 1, "nr_cpus": 2,
+              "utsname": {"sysname": "Linux", "nodename": "n" * 70, "release": "6.1.0",
+                          "machine": "s390x"},
+              "timestamp": {"tv_sec": 1700000000, "tv_usec": 500000}}
+    assert build_disk_dump_header(order, **fields) == spec.disk_dump_header(order, **fields)
+    sub = {"phys_base": 1, "dump_level": 31, "split": 1, "offset_vmcoreinfo": 0x1100,
+           "size_vmcoreinfo": 77, "offset_note": BS + 104, "size_note": 0x520,
+           "max_mapnr_64": 1 << 40}
+    assert build_kdump_sub_header(order, **sub) == spec.kdump_sub_header(order, **sub)
+    assert build_page_desc(1 << 40, BS, ZSTD, 3, byteorder=order) == \
+        spec.page_desc(1 << 40, BS, ZSTD, 3, order)
+    for name in ("", "CORE", "VMCOREINFO"):
+        assert build_note(Note(name, 0x305, b"\1\2\3"), order) == \
+            spec.elf_note(name, 0x305, b"\1\2\3", order)
+    assert build_flat_header() == spec.flat_header() and build_flat_end() == spec.flat_end()
+    assert build_flat_record(1 << 33, b"abc") == spec.flat_record(1 << 33, b"abc")
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -384,9 +417,9 @@ def test_descriptors_past_end(tmp_path):
 
 def patch_desc(blob: bytes, info: dict, rank: int, **fields) -> bytes:
     at = info["desc_off"] + 24 * rank
-    d = PAGE_DESC["big"].parse(blob[at : at + 24])
-    new = build_page_desc(
-        fields.get("offset", d.offset), fields.get("size", d.size), fields.get("flags", d.flags)
+    offset, size, flags, _ = struct.unpack(">qIIQ", blob[at : at + 24])
+    new = page_desc(
+        fields.get("offset", offset), fields.get("size", size), fields.get("flags", flags)
     )
     return blob[:at] + new + blob[at + 24 :]
 
@@ -542,7 +575,7 @@ def test_flat_later_record_wins(tmp_path):
     blob, info = sample()
     at = info["where"][3] + 100  # inside raw page 3
     flat = flatten(blob, piece=5000, end=False)
-    flat += build_flat_record(at, b"NEW!") + build_flat_record(at + 2, b"??") + build_flat_end()
+    flat += flat_record(at, b"NEW!") + flat_record(at + 2, b"??") + flat_end()
     with FlattenedKdumpFile(write(tmp_path, "o.flat", flat)) as m:
         assert m.read(3 * BS + 98, 8) == page_of(3)[98:100] + b"NE??" + page_of(3)[104:106]
         assert m.read(0, BS) == page_of(0)
@@ -551,7 +584,7 @@ def test_flat_later_record_wins(tmp_path):
 def test_flat_overlapping_absurdly(tmp_path):
     blob, _ = sample()
     flat = flatten(blob, end=False)
-    flat += b"".join(build_flat_record(10, b"x" * 8) for _ in range(5000)) + build_flat_end()
+    flat += b"".join(flat_record(10, b"x" * 8) for _ in range(5000)) + flat_end()
     with pytest.raises(ImageError) as e:
         FlattenedKdumpFile(write(tmp_path, "a.flat", flat))
     assert "overlap" in one_line(e)
@@ -561,16 +594,16 @@ def test_flat_wild_offset(tmp_path):
     """A record far away stretches the rearranged file but no bitmap scan follows it; one
     past what a kdump file of s390x memory can be (2 * 2^46) is refused."""
     blob, _ = sample()
-    flat = flatten(blob, end=False) + build_flat_record(1 << 46, b"x" * 8) + build_flat_end()
+    flat = flatten(blob, end=False) + flat_record(1 << 46, b"x" * 8) + flat_end()
     with FlattenedKdumpFile(write(tmp_path, "f.flat", flat)) as m:
         assert m.read(8 * BS, BS) == page_of(8)
     blob, _ = sample(header={"bitmap_blocks": 0xFFFFFFFE})
-    flat = flatten(blob, end=False) + build_flat_record(1 << 46, b"x" * 8) + build_flat_end()
+    flat = flatten(blob, end=False) + flat_record(1 << 46, b"x" * 8) + flat_end()
     with pytest.raises(ImageError) as e:
         FlattenedKdumpFile(write(tmp_path, "g.flat", flat))
     assert "past the end of the file" in one_line(e)
     blob, _ = sample()
-    flat = flatten(blob, end=False) + build_flat_record(1 << 50, b"x" * 8) + build_flat_end()
+    flat = flatten(blob, end=False) + flat_record(1 << 50, b"x" * 8) + flat_end()
     with pytest.raises(ImageError) as e:
         FlattenedKdumpFile(write(tmp_path, "h.flat", flat))
     assert "past what a kdump file of s390x memory can be" in one_line(e)
@@ -582,7 +615,7 @@ def test_no_reader_allocates_by_header(tmp_path):
         with pytest.raises(ImageError) as e:
             KdumpFile(write(tmp_path, "f.kdump", b"KDUMP   " + fill * 8000))
         one_line(e)
-        flat = build_flat_header() + fill * 64
+        flat = flat_header() + fill * 64
         with pytest.raises(ImageError) as e2:  # no record holds a kdump header
             FlattenedKdumpFile(write(tmp_path, "f.flat", flat))
         assert "f.flat: " in one_line(e2)
