@@ -1,4 +1,5 @@
-"""S390Dump and the s390 dump header/end-marker builders (spec s390-dump-abi.md 7.1)."""
+"""S390Dump and the s390 dump header/end-marker builders (spec s390-dump-abi.md 7.1); the
+inputs are packed from the spec's table (tests/fixtures/s390dump.py), not with DfS390Hdr."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sadump.formats.s390 import (
     tod_to_unix,
     unix_to_tod,
 )
+from tests.fixtures import s390dump
 
 TOD = unix_to_tod(1_795_716_067.25)
 PREFIXES = [0x7FE000, 0x7FC000]
@@ -26,17 +28,16 @@ MEM = random.Random(5).randbytes(16 * 4096)
 
 
 def write_dump(path: Path, mem=MEM, header=None, end=None, tod=TOD) -> str:
-    header = build_header(len(mem), tod, PREFIXES, cpu_id=0xFF00012345678000) if header is None \
-        else header  # fmt: skip
-    end = build_end_marker(tod + (5 << 32)) if end is None else end
+    """An s390 dump packed from the spec's table (tests/fixtures/s390dump.py)."""
+    header = s390dump.header(len(mem), tod, PREFIXES, cpu_id=0xFF00012345678000) \
+        if header is None else header  # fmt: skip
+    end = s390dump.end_marker(tod + (5 << 32)) if end is None else end
     path.write_bytes(header + mem + end)
     return str(path)
 
 
 def patched_header(**fields) -> bytes:
-    hdr = DfS390Hdr.parse(build_header(len(MEM), TOD, PREFIXES))
-    hdr.update(fields)
-    return DfS390Hdr.build(hdr)
+    return s390dump.header(len(MEM), TOD, PREFIXES, **fields)
 
 
 def one_line_error(path, match):
@@ -70,6 +71,15 @@ def test_header_layout_matches_spec():
 
 def test_end_marker():
     assert build_end_marker(0x0123456789ABCDEF) == b"DUMP_END" + bytes.fromhex("0123456789ABCDEF")
+    assert build_end_marker(TOD) == s390dump.end_marker(TOD)
+
+
+def test_writer_side_header_equals_the_spec_packing():
+    """sadump's build_header gives the bytes packed from the spec's table."""
+    assert build_header(len(MEM), TOD, PREFIXES, cpu_id=0xFF00012345678000) == \
+        s390dump.header(len(MEM), TOD, PREFIXES, cpu_id=0xFF00012345678000)
+    assert build_header(1 << 30, 1, [0x1000] * 512, mem_size_real=1 << 40) == \
+        s390dump.header(1 << 30, 1, [0x1000] * 512, mem_size_real=1 << 40)
 
 
 def test_builder_limits():
@@ -178,7 +188,7 @@ def test_wrong_end_marker(tmp_path):
 
 
 def test_end_tod_before_header_tod(tmp_path):
-    path = write_dump(tmp_path / "d.s390", end=build_end_marker(TOD - 1))
+    path = write_dump(tmp_path / "d.s390", end=s390dump.end_marker(TOD - 1))
     with S390Dump(path) as d:
         assert d.incomplete and "earlier" in d.incomplete
         assert d.read(len(MEM) - 8, 8) == MEM[-8:]
@@ -193,7 +203,7 @@ def test_s390_ext_refused(tmp_path):
 
 def test_short_file(tmp_path):
     p = tmp_path / "s.s390"
-    p.write_bytes(build_header(len(MEM), TOD, PREFIXES)[:2000])
+    p.write_bytes(s390dump.header(len(MEM), TOD, PREFIXES)[:2000])
     one_line_error(p, "too short")
 
 
