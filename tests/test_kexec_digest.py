@@ -22,8 +22,8 @@ from sadump.formats import open_image
 from sadump.formats.memory import Extent, PhysicalMemory
 from sadump.trigger import kexec_digest
 from sadump.trigger.decision import KDUMP_KERNEL_DAMAGED, KDUMP_OK
-from sadump.trigger.kexec_digest import ShaRegions, verify_kexec_digest
-from tests.fixtures.builder import ImageSpec, MiB, write_raw
+from sadump.trigger.kexec_digest import verify_kexec_digest
+from tests.fixtures.builder import ImageSpec, MiB, kexec_segments_block, write_raw
 
 CRASH_BASE, CRASH_SIZE = 0x38000000, 0x8000000
 LIST_AT, DIGEST_AT = 0x3800C160, 0x3800C260
@@ -190,9 +190,8 @@ def built(tmp_path, patches: dict[int, bytes] | None = None, **spec_args):
 
 
 def block(segments, digest: bytes = b"") -> bytes:
-    pairs = [{"start": s, "len": n} for s, n in segments]
-    pairs += [{"start": 0, "len": 0}] * (16 - len(pairs))
-    return ShaRegions.build(pairs) + digest
+    """The purgatory's 16 (start, len) pairs, packed by the fixture (not with ShaRegions)."""
+    return kexec_segments_block(segments, digest)
 
 
 @pytest.mark.parametrize("offset", [0x3008, 0x2F80, 0xFFF80, 0xFFFF8],
