@@ -56,6 +56,7 @@ class InputFormatName(str, Enum):
     s390 = "s390"
     kdump = "kdump"
     kdump_flat = "kdump-flat"
+    vmdump = "vmdump"
 
 
 class DumpMode(str, Enum):
