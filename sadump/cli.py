@@ -57,6 +57,7 @@ class InputFormatName(str, Enum):
     kdump = "kdump"
     kdump_flat = "kdump-flat"
     vmdump = "vmdump"
+    ngdump = "ngdump"
 
 
 class DumpMode(str, Enum):

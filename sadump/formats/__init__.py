@@ -14,6 +14,7 @@ READERS: dict[str, tuple[str, str]] = {
     "kdump": ("sadump.formats.kdump", "KdumpFile"),
     "kdump-flat": ("sadump.formats.kdump", "FlattenedKdumpFile"),
     "elf": ("sadump.formats.elf", "ElfCore"),
+    "ngdump": ("sadump.formats.ngdump", "NgDump"),
     "raw": ("sadump.formats.raw", "RawImage"),
 }
 
