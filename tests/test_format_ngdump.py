@@ -162,6 +162,26 @@ def test_truncated_partition(tmp_path, elf):
     refused(img, "its extent at blocks .* points outside the file system image")
 
 
+def test_block_mapped_file_is_named(tmp_path, elf):
+    """ext2/ext3-style block maps are not read (NGDump's mkfs.ext4 makes extents)."""
+    img = ngdump_image(tmp_path, elf, features="^extent,^64bit,^flex_bg")
+    refused(img, "ngdump.meta is not mapped by extents")
+
+
+def test_without_debugfs(tmp_path, elf, monkeypatch):
+    img = ngdump_image(tmp_path, elf)
+    monkeypatch.setattr("shutil.which", lambda *a, **k: None)
+    with pytest.raises(ImageError, match="debugfs is not installed"):
+        NgDump(str(img))
+
+
+def test_debugfs_output_is_capped(tmp_path, elf, monkeypatch):
+    img = ngdump_image(tmp_path, elf)
+    monkeypatch.setattr("sadump.formats.ngdump.MAX_DEBUGFS_OUTPUT", 40)
+    with pytest.raises(ImageError, match="printed more than 0x28 bytes"):
+        NgDump(str(img))
+
+
 def test_already_dumped_at_level_31(tmp_path, elf):
     res = runner.invoke(app, ["inspect-meminfo", "--json", str(ngdump_image(tmp_path, elf))])
     decision = json.loads(res.stdout)["decision"]

@@ -30,7 +30,7 @@ def page(n: int) -> bytes:
 
 #: two ranges with a gap, stored pages in runs and alone, a slot without key page (clear
 #: index bit) and one with a key page that stores nothing
-RANGES = [(0, 24 * MiB), (32 * MiB, 48 * MiB)]
+RANGES = [(0, 24 * MiB), (32 * MiB, 80 * MiB)]  # key-page slots 0-4
 STORED = [0, 1, 2, 3, 7, 4095, 4096, 4097, 5000, 12 * 256 + 1] + list(range(8192, 8200)) + [
     8192 + 4000, 11000, 11001]
 CPUS = [Cpu.distinct(0), Cpu.distinct(1), Cpu.distinct(2)]
@@ -44,7 +44,8 @@ def write(tmp_path, data, name="dump.vmdump"):
 
 @pytest.fixture
 def dump(tmp_path):
-    data = vm.vmdump_bytes({n: page(n) for n in STORED}, RANGES, CPUS, empty_keys=(2,))
+    data = vm.vmdump_bytes({n: page(n) for n in STORED}, RANGES, CPUS, empty_keys=(4,))
+    assert data[vm.INDEX_OFF] == 0b11101000  # slot 3: no key page; slot 4: one storing none
     return write(tmp_path, data)
 
 
@@ -83,7 +84,8 @@ def test_extents_read_in_place(dump):
         runs = [e for e in mem.extents(0, 24 * MiB) if e.kind == "file"]
         assert (runs[0].paddr, runs[0].size) == (0, 4 * PAGE)  # pages 0-3: one extent
         assert (4095 * PAGE, 3 * PAGE) in [(e.paddr, e.size) for e in runs]  # across key pages
-        assert sum(e.size for e in mem.extents(0, 48 * MiB) if e.kind == "file") == \
+        assert sum(e.size for e in mem.extents(32 * MiB, 80 * MiB) if e.kind == "file") + \
+            sum(e.size for e in mem.extents(0, 24 * MiB) if e.kind == "file") == \
             len(STORED) * PAGE
 
 
@@ -109,7 +111,7 @@ def test_dumper_facts(dump):
         facts = mem.dumper
     assert (facts.format, facts.version, facts.start_tod) == ("vmdump", 2, vm.TOD)
     assert (facts.cpu_count, facts.real_cpu_count) == (3, 3)
-    assert facts.mem_size == 40 * MiB and facts.mem_size_real == 48 * MiB
+    assert facts.mem_size == 72 * MiB and facts.mem_size_real == 80 * MiB
 
 
 def test_many_index_pages(tmp_path):

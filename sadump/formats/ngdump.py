@@ -119,9 +119,8 @@ class NgDump(ElfCore):
             reader.join()
             proc.stderr.close()
         if too_much:
-            raise ImageError(f"debugfs {request!r} printed more than "
-                             f"{MAX_DEBUGFS_OUTPUT >> 20} MiB: the file system is too "
-                             "fragmented or corrupt")
+            raise ImageError(f"debugfs {request!r} printed more than {MAX_DEBUGFS_OUTPUT:#x} "
+                             "bytes: the file system is too fragmented or corrupt")
         if proc.returncode < 0:  # killed by the timer
             raise ImageError(f"debugfs {request!r} did not finish in {DEBUGFS_TIMEOUT} s")
         return out.decode("ascii", "replace"), b"".join(err).decode("ascii", "replace")
