@@ -88,7 +88,7 @@ class NgDump(ElfCore):
         import subprocess
         import threading
 
-        cmd = [_debugfs_path(), "-c", "-R", request, self.path]
+        cmd = [_debugfs_path(), "-c", "-R", request, os.path.abspath(self.path)]
         env = dict(os.environ, LC_ALL="C", LANG="C")
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
