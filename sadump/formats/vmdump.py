@@ -175,7 +175,8 @@ class VmDump(FileImage):
         others_off = fir_off + Fir64.sizeof()
         raw = self._record(f"FIR records of {fir.online_cpus} more CPUs", others_off,
                            fir.online_cpus * FirOther64.sizeof())
-        others = [FirOther64.parse(raw[i * 552:(i + 1) * 552]) for i in range(fir.online_cpus)]
+        one = FirOther64.sizeof()
+        others = [FirOther64.parse(raw[i * one:(i + 1) * one]) for i in range(fir.online_cpus)]
         if fmbk.rec_nr_vector:
             self.warnings.append(f"a vector register record ({fmbk.rec_nr_vector}) is "
                                  "present but not read: the CPUs' notes have no VXRS")
