@@ -56,6 +56,8 @@ class InputFormatName(str, Enum):
     s390 = "s390"
     kdump = "kdump"
     kdump_flat = "kdump-flat"
+    vmdump = "vmdump"
+    ngdump = "ngdump"
 
 
 class DumpMode(str, Enum):

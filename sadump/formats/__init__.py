@@ -10,9 +10,11 @@ from sadump.formats.memory import PhysicalMemory
 #: probe order: name -> (module, class). Each class has `probe(head: bytes) -> bool`.
 READERS: dict[str, tuple[str, str]] = {
     "s390": ("sadump.formats.s390", "S390Dump"),
+    "vmdump": ("sadump.formats.vmdump", "VmDump"),
     "kdump": ("sadump.formats.kdump", "KdumpFile"),
     "kdump-flat": ("sadump.formats.kdump", "FlattenedKdumpFile"),
     "elf": ("sadump.formats.elf", "ElfCore"),
+    "ngdump": ("sadump.formats.ngdump", "NgDump"),
     "raw": ("sadump.formats.raw", "RawImage"),
 }
 

@@ -495,10 +495,15 @@ class ElfCore(FileImage):
             lo, hi = max(pstart, start), min(pstop, end)
             if lo < hi:
                 if kind == "file":
-                    yield from file_extents(self._fd, lo, hi - lo, off + lo - pstart)
+                    yield from self._file_extents(lo, hi - lo, off + lo - pstart)
                 else:
                     yield Extent(lo, hi - lo, "zero")
             i += 1
+
+    def _file_extents(self, paddr: int, size: int, file_offset: int) -> Iterator[Extent]:
+        """Memory [paddr, +size) stored at file_offset of the core (a reader of a core
+        inside another file maps the offsets)."""
+        return file_extents(self._fd, paddr, size, file_offset)
 
 
 def _plausible_shdr(sh, file_size: int) -> bool:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from construct import Array, Bytes, Default, Int16ub, Int32sb, Int32ub, Int64ub, Padding, Struct
-
 from sadump.errors import SadumpError
 from sadump.formats.elf import (
     NT_PRFPREG,
@@ -23,47 +21,22 @@ from sadump.formats.elf import (
     prstatus_pid,
 )
 from sadump.formats.memory import Note, PhysicalMemory
+from sadump.formats.regnotes import (
+    CORE,
+    LINUX,
+    FpRegSet,
+    PrStatus,
+    Regs64,
+    VxrsHigh,
+    VxrsLow,
+    register_notes,
+)
 from sadump.ipl.save_area import CpuState, read_save_area
 from sadump.kernel.translate import KernelMemory
 from sadump.kernel.vmcoreinfo import VmcoreInfo
 
-#: s390x struct elf_prstatus (spec 5.3); the kernel fills pr_pid, psw, gprs and acrs.
-PrStatus = Struct(
-    "si_signo" / Default(Int32sb, 0),
-    "si_code" / Default(Int32sb, 0),
-    "si_errno" / Default(Int32sb, 0),
-    "pr_cursig" / Default(Int16ub, 0),
-    Padding(2),
-    "pr_sigpend" / Default(Int64ub, 0),
-    "pr_sighold" / Default(Int64ub, 0),
-    "pr_pid" / Default(Int32ub, 0),  # 0x20
-    "pr_ppid" / Default(Int32ub, 0),
-    "pr_pgrp" / Default(Int32ub, 0),
-    "pr_sid" / Default(Int32ub, 0),
-    "pr_times" / Default(Bytes(64), bytes(64)),  # utime, stime, cutime, cstime
-    "psw_mask" / Int64ub,  # 0x70
-    "psw_addr" / Int64ub,
-    "gprs" / Array(16, Int64ub),  # 0x80
-    "acrs" / Array(16, Int32ub),  # 0x100
-    "orig_gpr2" / Default(Int64ub, 0),  # 0x140
-    "pr_fpvalid" / Default(Int32ub, 0),
-    Padding(4),
-)
-assert PrStatus.sizeof() == 336
-
-#: s390 elf_fpregset_t (NT_PRFPREG): fpc, pad, 16 FPRs
-FpRegSet = Struct("fpc" / Int32ub, Padding(4), "fprs" / Array(16, Int64ub))
-assert FpRegSet.sizeof() == 136
-
-U32 = Struct("value" / Int32ub)
-U64 = Struct("value" / Int64ub)
-Regs64 = Struct("regs" / Array(16, Int64ub))
-VxrsLow = Struct("low" / Array(16, Int64ub))  # low halves of VR0-15
-VxrsHigh = Struct("vrs" / Array(16, Bytes(16)))  # VR16-31
-
 #: the register notes of one CPU in the kernel's order (arch/s390/kernel/crash_dump.c)
 #: with the names a 6.1 kernel's /proc/vmcore carries (rimg-kdump.proc-vmcore.elf)
-CORE, LINUX = "CORE", "LINUX"
 PER_CPU_TYPES = (NT_PRFPREG, NT_S390_TIMER, NT_S390_TODCMP, NT_S390_TODPREG, NT_S390_CTRS,
                  NT_S390_PREFIX, NT_S390_VXRS_LOW, NT_S390_VXRS_HIGH, NT_S390_GS_CB)
 #: A cap on lowcore_ptr entries: NR_CPUS of s390 kernels is at most a few hundred.
@@ -236,17 +209,8 @@ def find_cpus(memory: PhysicalMemory, kmem: KernelMemory, info: VmcoreInfo | Non
 # ---- to the kernel's notes ---------------------------------------------------------------------
 def notes_for(cpu: CpuState, pid: int) -> list[Note]:
     """The kernel's per-CPU notes (fill_cpu_elf_notes), in its order, with its names."""
-    prstatus = PrStatus.build({"pr_pid": pid, "psw_mask": cpu.psw_mask,
-                               "psw_addr": cpu.psw_addr, "gprs": cpu.gprs, "acrs": cpu.acrs})
-    notes = [
-        Note(CORE, NT_PRSTATUS, prstatus),
-        Note(CORE, NT_PRFPREG, FpRegSet.build({"fpc": cpu.fpc, "fprs": cpu.fprs})),
-        Note(LINUX, NT_S390_TIMER, U64.build({"value": cpu.timer})),
-        Note(LINUX, NT_S390_TODCMP, U64.build({"value": cpu.todcmp})),
-        Note(LINUX, NT_S390_TODPREG, U32.build({"value": cpu.todpreg})),
-        Note(LINUX, NT_S390_CTRS, Regs64.build({"regs": cpu.ctrs})),
-        Note(LINUX, NT_S390_PREFIX, U32.build({"value": cpu.prefix})),
-    ]
+    notes = register_notes(pid, (cpu.psw_mask, cpu.psw_addr), cpu.gprs, cpu.acrs, cpu.fpc,
+                           cpu.fprs, cpu.timer, cpu.todcmp, cpu.todpreg, cpu.ctrs, cpu.prefix)
     if cpu.vxrs is not None:
         notes.append(Note(LINUX, NT_S390_VXRS_HIGH, VxrsHigh.build({"vrs": cpu.vxrs[16:]})))
         low = [int.from_bytes(v[8:16], "big") for v in cpu.vxrs[:16]]

@@ -81,9 +81,10 @@ def already_dumped(image: PhysicalMemory, os_info: OsInfo,
     """The "dumped" decision for an input that is a kernel dump taken after the crash, else
     None. Such an input is an ELF core with a VMCOREINFO note whose memory leaves out the
     whole crashkernel that os_info names (the kdump kernel's /proc/vmcore, sadump's kdump
-    vmcore), or a kdump-compressed file (plain or flattened) whose sub header carries
-    VMCOREINFO (makedumpfile's, sadump's). QEMU's dumps carry no VMCOREINFO note: they are
-    memory images of a running or stopped machine and keep the trigger's decision."""
+    vmcore), a kdump-compressed file (plain or flattened) whose sub header carries
+    VMCOREINFO (makedumpfile's, sadump's), or an NGDump partition (makedumpfile -E -d 31).
+    QEMU's dumps carry no VMCOREINFO note: they are memory images of a running or stopped
+    machine and keep the trigger's decision."""
     if not any(n.name == "VMCOREINFO" for n in image.notes):
         return None
     when = f", crash time {utc(crash_time)}" if crash_time is not None else ""
@@ -98,6 +99,9 @@ def already_dumped(image: PhysicalMemory, os_info: OsInfo,
     elif image.format in ("kdump", "kdump-flat"):
         flat = " (flattened)" if image.format == "kdump-flat" else ""
         what = f"a kdump-compressed dump{flat}, dump level {image.dump_level or 0}{when}"
+    elif image.format == "ngdump":
+        what = (f"an NGDump partition's {getattr(image, 'dump_file', 'dump')} (makedumpfile "
+                f"-E), dump level {image.dump_level or 0}{when}")
     else:
         return None
     return Decision(DUMPED, KDUMP_OK, f"already dumped after the crash: {what}")
