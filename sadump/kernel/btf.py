@@ -188,8 +188,15 @@ class Btf:
             raise BtfError(f"BTF has no {kind} {name}")
         return ids[0]
 
-    def _type(self, t: int | str, kind: str = "struct") -> int:
-        return self.type_id(t, kind) if isinstance(t, str) else t
+    def _type(self, t: int | str) -> int:
+        """A type given by ID, or by name: a struct, else a union, else a typedef."""
+        if not isinstance(t, str):
+            return t
+        for kind in ("struct", "union", "typedef"):
+            ids = self.type_ids(t, kind)
+            if ids:
+                return ids[0]
+        raise BtfError(f"BTF has no struct, union or typedef {t}")
 
     # ---- following types --------------------------------------------------------------------
     def resolve(self, type_id: int) -> int:
@@ -203,6 +210,45 @@ class Btf:
             t = self._record(t)[2]
         raise BtfError(f"BTF type {type_id}: typedef/qualifier chain longer than "
                        f"{MAX_RESOLVE} (a cycle)")
+
+    def target(self, type_id: int) -> int:
+        """The one type a typedef, qualifier, type_tag, pointer, func, var or decl_tag
+        refers to (one step; resolve() goes all the way); for a func_proto its return
+        type."""
+        k = self._kinds[type_id] if 0 < type_id < len(self._kinds) else 0
+        if k not in _MODIFIERS and k not in (PTR, FUNC, VAR, DECL_TAG, FUNC_PROTO):
+            raise BtfError(f"BTF type {type_id} ({self.kind(type_id)}) refers to no type")
+        return self._record(type_id)[2]
+
+    def params(self, t: int) -> list[tuple[str, int]]:
+        """(name, type) of each parameter of a func_proto (type 0: varargs)."""
+        if self.kind(t) != "func_proto":
+            raise BtfError(f"BTF type {t} is a {self.kind(t)}, not a func_proto")
+        _n, info, _s, at = self._record(t)
+        return [(self.string(n), p) for n, p in
+                struct.iter_unpack(self._e + "II", self.blob[at:at + 8 * (info & 0xFFFF)])]
+
+    def datasec_vars(self, t: int) -> list[tuple[int, int, int]]:
+        """(var type, offset, size) of each variable of a datasec."""
+        if self.kind(t) != "datasec":
+            raise BtfError(f"BTF type {t} is a {self.kind(t)}, not a datasec")
+        _n, info, _s, at = self._record(t)
+        return list(struct.iter_unpack(self._e + "III", self.blob[at:at + 12 * (info & 0xFFFF)]))
+
+    def linkage(self, t: int) -> int:
+        """A var's or func's linkage: 0 static, 1 global, 2 extern."""
+        k = self.kind(t)
+        if k == "func":
+            return self.vlen(t)
+        if k == "var":
+            return self._u32(self.blob, self._record(t)[3])[0]
+        raise BtfError(f"BTF type {t} is a {k}: no linkage")
+
+    def component_idx(self, t: int) -> int:
+        """A decl_tag's member or parameter index (-1: the type or func itself)."""
+        if self.kind(t) != "decl_tag":
+            raise BtfError(f"BTF type {t} is a {self.kind(t)}, not a decl_tag")
+        return struct.unpack_from(self._e + "i", self.blob, self._record(t)[3])[0]
 
     def pointee(self, t: int) -> int:
         """The type a pointer points to (typedefs of the pointer followed)."""
@@ -229,7 +275,7 @@ class Btf:
         return (v >> 24) & 0xF, (v >> 16) & 0xFF, v & 0xFF
 
     def sizeof(self, t: int | str, _depth: int = 0) -> int:
-        """Size in bytes of a type (a str names a struct)."""
+        """Size in bytes of a type (a str names a struct, union or typedef)."""
         t = self._type(t)
         if _depth > MAX_DEPTH:
             raise BtfError(f"BTF type {t}: arrays nested deeper than {MAX_DEPTH}")
