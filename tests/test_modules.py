@@ -67,7 +67,7 @@ def test_btf_file_option(real_file, tmp_path, real_text):
 @pytest.mark.parametrize("name", ["rimg-kdump.raw", "rimg-nokdump.raw"])
 def test_no_btf_is_one_line(real_file, name):
     r = sadump("modules", real_file(name))
-    assert r.returncode == Exit.IMAGE_ERROR and r.stdout == ""
+    assert r.returncode == Exit.NO_TYPES and r.stdout == ""
     assert r.stderr == ("sadump: error: no BTF in this kernel (CONFIG_DEBUG_INFO_BTF not set): "
                         "give the same kernel's /sys/kernel/btf/vmlinux with --btf FILE\n")
 
