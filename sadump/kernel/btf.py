@@ -72,6 +72,8 @@ class Btf:
         self._offsets, self._kinds, self._name_offs = _index(blob, types_at, types_len,
                                                              self._e)
         self._enumerators: dict[str, int] | None = None
+        self._packed_names: bytes | None = None
+        self._members: dict[int, list[Member]] = {}  # decoded structs and unions
         #: the target's pointer size: that of `long` (8 on s390x)
         self.pointer_size = 8
         if self.has_type("long int", "int"):
@@ -156,26 +158,27 @@ class Btf:
         return self.string(self._record(type_id)[0])
 
     def type_ids(self, name: str, kind: str = "struct") -> list[int]:
-        """Every type of this kind with this name, by ID."""
+        """Every type of this kind with this name, by ID: each copy of the name in the
+        string section, then each type whose name offset is that copy's (both searches are
+        bytes.find over the blob and over the name offsets packed as 32-bit words)."""
         k = _kind_number(kind)
         if not name:  # anonymous types are not looked up by name
             return []
-        key = name.encode("latin-1")
+        if self._packed_names is None:
+            self._packed_names = struct.pack(f"={len(self._name_offs)}I", *self._name_offs)
+        packed = self._packed_names
+        key = b"\0" + name.encode("latin-1") + b"\0"
+        start, end = self._strs_at, self._strs_at + self._strs_len
         out: list[int] = []
-        strs = self.blob[self._strs_at:self._strs_at + self._strs_len]
-        at = strs.find(b"\0" + key + b"\0")
-        while at >= 0:  # every copy of the string (a blob need not share them)
-            off = at + 1
-            i = 0
-            offs = self._name_offs
-            while True:
-                try:
-                    i = offs.index(off, i + 1)
-                except ValueError:
-                    break
-                if self._kinds[i] == k:
-                    out.append(i)
-            at = strs.find(b"\0" + key + b"\0", at + 1)
+        at = self.blob.find(key, start, end)
+        while at >= 0:  # a blob need not share its strings
+            word = struct.pack("=I", at + 1 - start)
+            hit = packed.find(word)
+            while hit >= 0:
+                if hit % 4 == 0 and self._kinds[hit // 4] == k:
+                    out.append(hit // 4)
+                hit = packed.find(word, hit + 1)
+            at = self.blob.find(key, at + 1, end)
         return sorted(out)
 
     def has_type(self, name: str, kind: str = "struct") -> bool:
@@ -298,6 +301,12 @@ class Btf:
         r = self.resolve(t)
         if self._kinds[r] not in (STRUCT, UNION):
             raise BtfError(f"BTF type {t} is a {self.kind(r)}, not a struct or union")
+        cached = self._members.get(r)
+        if cached is None:
+            cached = self._members[r] = self._decode_members(r)
+        return list(cached)
+
+    def _decode_members(self, r: int) -> list[Member]:
         _name_off, info, _size, at = self._record(r)
         vlen, kflag = info & 0xFFFF, info >> 31
         out = []
