@@ -486,3 +486,25 @@ def test_hand_made_blob_as_bpftool_reads_it(order, tmp_path):
 def test_real_btf_as_bpftool_reads_it(real_file, vmlinux_btf):
     btf = Btf.from_bytes(vmlinux_btf)
     assert_same_as_bpftool(btf, bpftool_types(real_file("deb13/deb13hung-a.btf-vmlinux.bin")))
+
+
+@pytest.mark.parametrize("start, stop", [(STEXT + 0x100, STEXT), (STEXT, STEXT + 10),
+                                         (STEXT, STEXT + (1 << 40))])
+def test_btf_symbols_that_are_no_size(start, stop):
+    """__start_BTF/__stop_BTF that give no plausible size: an error naming them, after the
+    scan found nothing either."""
+    image = kernel_image(b"", 0, decoys())
+    syms = FakeSymbols(_stext=STEXT, _sdata=STEXT + len(image), __start_BTF=start,
+                       __stop_BTF=stop)
+    with pytest.raises(BtfError, match="no BTF size"):
+        load_kernel_btf(FakeKmem({STEXT: image}), syms)
+
+
+def test_damaged_btf_at_the_symbols():
+    blob = bytearray(blob_of())
+    blob[28] = 0x1F  # the first type's kind: 31
+    image = kernel_image(bytes(blob), 0x1000)
+    syms = FakeSymbols(_stext=STEXT, _sdata=STEXT + len(image), __start_BTF=STEXT + 0x1000,
+                       __stop_BTF=STEXT + 0x1000 + len(blob))
+    with pytest.raises(BtfError, match="__start_BTF .*unknown kind"):
+        load_kernel_btf(FakeKmem({STEXT: image}), syms)

@@ -318,3 +318,11 @@ def test_btf_without_struct_module():
     b.int("int", 4)
     with pytest.raises(ModuleError, match="struct module"):
         read_modules(FakeKmem({}), FakeSymbols(modules=HEAD), Btf.from_bytes(b.blob()))
+
+
+def test_image_without_kallsyms_is_one_line(tmp_path):
+    from tests.fixtures.builder import ImageSpec, write_raw
+
+    r = sadump("modules", write_raw(ImageSpec(), tmp_path / "m.raw"))
+    assert r.returncode == Exit.IMAGE_ERROR and r.stdout == ""
+    assert r.stderr.startswith("sadump: error: no kernel symbols:") and r.stderr.count("\n") == 1
