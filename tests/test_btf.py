@@ -508,3 +508,50 @@ def test_damaged_btf_at_the_symbols():
                        __stop_BTF=STEXT + 0x1000 + len(blob))
     with pytest.raises(BtfError, match="__start_BTF .*unknown kind"):
         load_kernel_btf(FakeKmem({STEXT: image}), syms)
+
+
+def exercise(btf: Btf) -> None:
+    """Every question a caller may ask of every type."""
+    for t in range(len(btf) + 1):
+        for q in (btf.kind, btf.name, btf.resolve, btf.sizeof, btf.members, btf.array,
+                  btf.pointee, btf.enumerators, btf.target, btf.params, btf.datasec_vars,
+                  btf.linkage, btf.component_idx, btf.int_encoding):
+            try:
+                q(t)
+            except BtfError:
+                pass
+    for name in ("task_struct", "oldbits", "nope"):
+        for path in ("__state", "thread.ksp", "pid", "comm[2]", "y", "tasks.next"):
+            try:
+                btf.member(name, path)
+            except BtfError:
+                pass
+    for name in ("PIDTYPE_MAX", "HUGE"):
+        try:
+            btf.enum_value(name)
+        except BtfError:
+            pass
+    try:
+        btf.check()
+    except BtfError:
+        pass
+
+
+@ORDERS
+def test_damaged_blobs_give_btf_errors_only(order):
+    """Bytes of a good blob overwritten at random: whatever the reader is asked, the only
+    failure is a BtfError (no IndexError, struct.error, RecursionError, hang)."""
+    import random
+
+    good = blob_of(order)
+    rng = random.Random(19)
+    for _ in range(300):
+        blob = bytearray(good)
+        for _ in range(rng.randint(1, 8)):
+            at = rng.randrange(len(blob))
+            blob[at] = rng.choice((0, 0xFF, rng.randrange(256)))
+        try:
+            btf = Btf.from_bytes(bytes(blob))
+        except BtfError:
+            continue
+        exercise(btf)

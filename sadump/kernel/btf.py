@@ -77,7 +77,8 @@ class Btf:
         #: the target's pointer size: that of `long` (8 on s390x)
         self.pointer_size = 8
         if self.has_type("long int", "int"):
-            self.pointer_size = self.sizeof(self.type_id("long int", "int"))
+            size = self.sizeof(self.type_id("long int", "int"))
+            self.pointer_size = size if size in (4, 8) else 8
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Btf:
