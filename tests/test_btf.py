@@ -324,6 +324,16 @@ def test_load_from_symbols_and_scan():
     assert found is not None and found[0] == STEXT + at - 1 and found[1].blob == blob
 
 
+def test_scan_from_stext_alone():
+    """Only _stext known (VMCOREINFO's SYMBOL(_stext) when kallsyms cannot be decoded): the
+    scan runs up to MAX_SCAN past it, over unreadable memory too."""
+    blob = blob_of()
+    image = kernel_image(blob, 0x200000, decoys())
+    assert load_kernel_btf(FakeKmem({STEXT: image}), FakeSymbols(_stext=STEXT)).blob == blob
+    with pytest.raises(NoBtfError):
+        load_kernel_btf(FakeKmem({STEXT: bytes(len(image))}), FakeSymbols(_stext=STEXT))
+
+
 def test_no_btf_is_one_line():
     image = kernel_image(b"", 0, decoys())
     kmem = FakeKmem({STEXT: image})
@@ -396,6 +406,9 @@ def test_real_btf_from_memory_equals_sysfs(real_file, vmlinux_btf, name):
         found = scan_for_btf(a.kernel_memory, *where)
         assert found is not None
         assert found[0] == syms.address("__start_BTF") and found[1].blob == vmlinux_btf
+        # without kallsyms: VMCOREINFO's SYMBOL(_stext) starts the scan
+        assert load_kernel_btf(a.kernel_memory, B.VmcoreinfoSymbols(a.vmcoreinfo.info)).blob \
+            == vmlinux_btf
     finally:
         a.close()
 

@@ -612,9 +612,21 @@ def _candidate(kmem, where: int, end: int) -> Btf | None:
         return None
 
 
+class VmcoreinfoSymbols:
+    """address() over VMCOREINFO's SYMBOL() lines: where kallsyms cannot be decoded (before
+    Linux 6.0, RHEL 9's 5.14 with BTF say), SYMBOL(_stext) still starts a scan."""
+
+    def __init__(self, info):
+        self.info = info
+
+    def address(self, name: str) -> int | None:
+        return self.info.symbol(name)
+
+
 def load_kernel_btf(kmem, symbols, btf_file: str | None = None) -> Btf:
     """The kernel's BTF: --btf FILE when given, else [__start_BTF, __stop_BTF) from
-    kallsyms, else a validated scan of the kernel image; NoBtfError when there is none."""
+    kallsyms, else a validated scan of the kernel image; NoBtfError when there is none.
+    symbols: anything with address(name) -> int | None (Kallsyms, VmcoreinfoSymbols)."""
     if btf_file is not None:
         return read_btf_file(btf_file)
     if symbols is None:
