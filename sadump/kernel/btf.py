@@ -66,7 +66,8 @@ class Btf:
         self.blob = blob
         self.byteorder = byteorder
         self._e = ">" if byteorder == "big" else "<"
-        self._types_at, self._strs_at, self._strs_len = types_at, strs_at, strs_len
+        self._types_at, self._types_len = types_at, types_len
+        self._strs_at, self._strs_len = strs_at, strs_len
         self._u32 = struct.Struct(self._e + "I").unpack_from
         self._rec = struct.Struct(self._e + "III").unpack_from
         self._offsets, self._kinds, self._name_offs = _index(blob, types_at, types_len,
@@ -81,9 +82,15 @@ class Btf:
             self.pointer_size = size if size in (4, 8) else 8
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> Btf:
-        """Check the header and the section bounds, index the types; BtfError on damage."""
+    def from_bytes(cls, blob: bytes, base: Btf | None = None) -> Btf:
+        """Check the header and the section bounds, index the types; BtfError on damage.
+
+        base: the kernel's BTF for a module's split BTF (/sys/kernel/btf/<module>), whose
+        type IDs and string offsets continue the base's; the result holds both, as one
+        blob whose sections are the base's followed by the module's."""
         blob = bytes(blob)
+        if base is not None:
+            blob = _merge(base, blob)
         if len(blob) < HEADER:
             raise BtfError(f"BTF blob of {len(blob)} bytes is shorter than its header")
         if len(blob) > MAX_BTF_SIZE:
@@ -477,6 +484,26 @@ class Btf:
             if refs and max(refs) >= n:
                 raise BtfError(f"BTF type {t} refers to type {max(refs)}, past the last "
                                f"({n - 1})")
+
+
+def _merge(base: Btf, split: bytes) -> bytes:
+    """A split blob appended to its base: one header, the types, then the strings."""
+    if len(split) < HEADER or int.from_bytes(split[:2], base.byteorder) != MAGIC:
+        raise BtfError("split BTF: no BTF magic in the base's byte order")
+    hdr_len, type_off, type_len, str_off, str_len = \
+        struct.unpack_from(base._e + "IIIII", split, 4)
+    data = len(split) - hdr_len
+    if not HEADER <= hdr_len <= len(split) or type_off + type_len > str_off \
+            or str_off + str_len > data:
+        raise BtfError("split BTF: sections out of order or outside the blob")
+    types = split[hdr_len + type_off:hdr_len + type_off + type_len]
+    strs = split[hdr_len + str_off:hdr_len + str_off + str_len]
+    base_types = base.blob[base._types_at:base._types_at + base._types_len]
+    base_strs = base.blob[base._strs_at:base._strs_at + base._strs_len]
+    all_types = len(base_types) + len(types)
+    header = struct.pack(base._e + "HBBIIIII", MAGIC, 1, 0, HEADER, 0, all_types, all_types,
+                         len(base_strs) + len(strs))
+    return header + base_types + types + base_strs + strs
 
 
 def _kind_number(kind: str) -> int:
