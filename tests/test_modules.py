@@ -314,6 +314,18 @@ def test_list_into_nowhere():
     assert any("not readable" in w for w in mods.warnings)
 
 
+@pytest.mark.parametrize("pointer, words", [(0, "NULL"), (0x20003, "misaligned")])
+def test_list_cut_by_a_bad_pointer(pointer, words):
+    m = Machine()
+    a, b = m.module(0, b"alpha"), m.module(1, b"beta")
+    m.link(a, b)
+    m.u64(a + 8, pointer)
+    mods = m.read()
+    assert [x.name for x in mods] == ["alpha"]
+    want = f"modules: a {words} pointer {pointer:#x} after 1 entries cuts the list"
+    assert mods.warnings == [want]
+
+
 def test_name_without_nul():
     m = Machine()
     a = m.module(0, b"x" * 60)

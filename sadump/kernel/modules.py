@@ -216,6 +216,10 @@ def _list(kmem, head: int, link: int, cap: int, what: str, warnings: list[str]) 
         warnings.append(f"{what}: list head at {head:#x} is not readable: {e}")
         return out
     while node != head:
+        if node == 0 or node % 8:
+            warnings.append(f"{what}: a {'NULL' if node == 0 else 'misaligned'} pointer "
+                            f"{node:#x} after {len(out)} entries cuts the list")
+            break
         if node in seen:
             warnings.append(f"{what}: the list loops at {node:#x} after {len(out)} entries")
             break
