@@ -28,6 +28,7 @@ class Exit(IntEnum):
     IMAGE_ERROR = 4  # the image cannot be read
     NOT_WRITTEN = 5  # dump: nothing written (output exists, no room, I/O error, ...)
     KDUMP_REFUSED = 6  # dump --mode kdump: kdump is not possible, nothing written
+    NO_TYPES = 7  # ps, bt --pid/--state/--all: the kernel carries no BTF (and no --btf FILE)
     INTERNAL = 70  # a bug in sadump (EX_SOFTWARE)
     INTERRUPTED = 130  # Ctrl-C
 
@@ -85,6 +86,12 @@ InputFormat = Annotated[
     typer.Option("--input-format", "-F", help="skip probing: read IMAGE as this format"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON object on stdout")]
+BtfOpt = Annotated[
+    Path | None,
+    typer.Option("--btf", metavar="FILE", help="the same kernel's /sys/kernel/btf/vmlinux, "
+                 "for a kernel without BTF in memory (CONFIG_DEBUG_INFO_BTF not set)",
+                 show_default=False),
+]
 SampleOpt = Annotated[bool, typer.Option("--sample", help="use the small sample image shipped "
                                          "with sadump")]
 
@@ -270,6 +277,53 @@ def bt(
             write_stdout(json.dumps(backtrace_report.backtraces_json(result), indent=2) + "\n")
         else:
             write_stdout("\n".join(backtrace_report.text_lines(result)) + "\n")
+    finally:
+        analysis.close()
+
+
+def kernel_types(analysis, btf_file: Path | None):
+    """(kallsyms, BTF) of the analysed kernel, or one line saying which is missing and
+    why: exit 7 when the kernel has no BTF (NoBtfError names the config and --btf), else 4."""
+    from sadump.errors import NoBtfError
+    from sadump.kernel.kallsyms import KallsymsError
+
+    try:
+        symbols = analysis.symbols()
+    except KallsymsError as e:
+        raise fail(Exit.IMAGE_ERROR, f"no kernel symbols: {e}") from None
+    try:
+        btf = analysis.kernel_btf(str(btf_file) if btf_file is not None else None)
+    except NoBtfError as e:
+        raise fail(Exit.NO_TYPES, str(e)) from None
+    except SadumpError as e:
+        raise fail(Exit.IMAGE_ERROR, str(e)) from None
+    return symbols, btf
+
+
+@app.command("modules")
+def modules(source: SourceArg = None, json_out: JsonOpt = False, btf: BtfOpt = None,
+            input_format: InputFormat = None) -> None:
+    """The loaded modules as /proc/modules lists them (kallsyms and the kernel's BTF).
+
+    Exit: 0 listed; 4 image, symbols or module list unreadable; 7 no BTF (give --btf FILE)."""
+    from sadump.kernel.modules import ModuleError, read_modules
+
+    analysis = open_analysis(source, None, input_format)
+    try:
+        symbols, types = kernel_types(analysis, btf)
+        try:
+            found = read_modules(analysis.kernel_memory, symbols, types)
+        except ModuleError as e:
+            raise fail(Exit.IMAGE_ERROR, str(e)) from None
+        for w in analysis.warnings + found.warnings:
+            err(f"warning: {w}")
+        if json_out:
+            rows = [{"name": m.name, "size": m.size, "state": m.state_name,
+                     "address": m.address, "refcount": m.refcount, "used_by": m.used_by,
+                     "taints": m.flags()} for m in found]
+            write_stdout(json.dumps({"modules": rows}, indent=2) + "\n")
+        else:
+            write_stdout("".join(m.proc_line() + "\n" for m in found))
     finally:
         analysis.close()
 
