@@ -42,12 +42,38 @@ class Analysis:
 
     kernel_memory: KernelMemory | None = None  # the crashed kernel's virtual address space
     _cpus: CpuFinding | None = field(default=None, repr=False)
+    _symbols: object | None = field(default=None, repr=False)
+    _btf: dict = field(default_factory=dict, repr=False)
 
     def cpus(self) -> CpuFinding:
         """The CPUs' registers: the input's notes, else the save areas (read once)."""
         if self._cpus is None:
             self._cpus = find_cpus(self.memory, self.kernel_memory, self.vmcoreinfo.info)
         return self._cpus
+
+    def symbols(self):
+        """The kernel's kallsyms (sadump.kernel.kallsyms.Kallsyms), decoded once; raises
+        KallsymsError when the kernel has none that VMCOREINFO points at."""
+        if self._symbols is None:
+            from sadump.kernel.kallsyms import decode
+
+            self._symbols = decode(self.vmcoreinfo.info, self.kernel_memory)
+        return self._symbols
+
+    def kernel_btf(self, btf_file: str | None = None):
+        """The kernel's BTF (sadump.kernel.btf.Btf), found once: --btf FILE, else in memory
+        (__start_BTF, else a scan of the kernel image); raises BtfError / NoBtfError.
+        Without kallsyms there is nothing to find it by (NoBtfError) unless a file is given."""
+        if btf_file not in self._btf:
+            from sadump.kernel.btf import load_kernel_btf
+            from sadump.kernel.kallsyms import KallsymsError
+
+            try:
+                symbols = self.symbols() if btf_file is None else None
+            except KallsymsError:
+                symbols = None
+            self._btf[btf_file] = load_kernel_btf(self.kernel_memory, symbols, btf_file)
+        return self._btf[btf_file]
 
     def crash_time(self) -> int | None:
         """CRASHTIME (seconds since the epoch) of the crashed kernel, when recorded."""

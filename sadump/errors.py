@@ -36,3 +36,11 @@ class ImageChanged(Exception):
 
     def __init__(self, detail: str):
         super().__init__(f"{CHANGED} ({detail})")
+
+
+class BtfError(SadumpError):
+    """The kernel's BTF type information is damaged, or lacks a type or member asked for."""
+
+
+class NoBtfError(BtfError):
+    """The kernel carries no BTF (CONFIG_DEBUG_INFO_BTF not set) and no --btf FILE was given."""
