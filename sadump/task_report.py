@@ -48,8 +48,8 @@ class Symbolizer:
             from sadump.kernel.modules import module_symbol
 
             m = module_symbol(self.modules, pc)
-            if m is not None and m.name is not None:
-                return Symbol(pc, m.name, m.offset, m.size, m.module)
+            if m is not None:
+                return Symbol(pc, *m)
         return Symbol(pc, None, None, None)
 
     def is_text(self, pc: int) -> bool:
@@ -57,7 +57,10 @@ class Symbolizer:
         if self.syms is not None and self.syms.is_core_text(pc):
             return True
         if self.modules:
-            return self(pc).module is not None
+            from sadump.kernel.modules import module_of
+
+            m = module_of(self.modules, pc)
+            return m is not None and any(lo <= pc < hi for lo, hi in (m.text, m.init_text))
         return self.syms is not None and self.syms.in_modules(pc)
 
     def sched(self, pc: int) -> bool:
@@ -145,10 +148,11 @@ def symbolizer(analysis, btf) -> tuple[Symbolizer, list[str]]:
     try:
         from sadump.kernel.modules import read_modules
 
-        mods = read_modules(analysis.kernel_memory, btf, syms)
-        mods = getattr(mods, "modules", mods)
-    except ImportError:
-        mods = None
+        if syms is None:
+            return Symbolizer(None, None), warnings
+
+        mods = read_modules(analysis.kernel_memory, syms, btf)
+        warnings += mods.warnings
     except SadumpError as e:
         warnings.append(f"modules not read, their frames stay raw: {e}")
     return Symbolizer(syms, mods), warnings

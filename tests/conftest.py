@@ -66,9 +66,9 @@ def real_file(tmp_path_factory: pytest.TempPathFactory):
 def real_text():
     """name -> str of one of the real text files, e.g. real_text("rimg-kdump.osinfo.txt")."""
 
-    def get(name: str) -> str:
+    def get(name: str, encoding: str = "utf-8") -> str:
         if not REAL_DIR.is_dir():
             pytest.skip(ABSENT)
-        return (REAL_DIR / name).read_text()
+        return (REAL_DIR / name).read_text(encoding=encoding)  # latin-1: kernel log bytes
 
     return get
