@@ -207,7 +207,7 @@ def test_running_task_from_its_cpu(real_file):
     (t,) = json.loads(out)["tasks"]
     assert t["running"] and t["frames"] == []
     code, out, err = run("bt", "--pid", "0", "--json", str(real_file(INPUTS[1])))
-    cpu0 = [t for t in json.loads(out)["tasks"] if t["cpu"] == 0][0]
+    cpu0 = next(t for t in json.loads(out)["tasks"] if t["cpu"] == 0)
     assert "arch_cpu_idle" in [f["symbol"] for f in cpu0["frames"]]
     code, out, err = run("bt", "--pid", "207", str(real_file(INPUTS[0])))
     assert code == 0 and "registers the image lacks" in out
