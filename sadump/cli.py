@@ -84,6 +84,12 @@ InputFormat = Annotated[
     typer.Option("--input-format", "-F", help="skip probing: read IMAGE as this format"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON object on stdout")]
+BtfOpt = Annotated[
+    Path | None,
+    typer.Option("--btf", metavar="FILE", help="the same kernel's /sys/kernel/btf/vmlinux, "
+                 "for a kernel without BTF in memory (CONFIG_DEBUG_INFO_BTF not set)",
+                 show_default=False),
+]
 SampleOpt = Annotated[bool, typer.Option("--sample", help="use the small sample image shipped "
                                          "with sadump")]
 
@@ -244,12 +250,6 @@ def info(source: SourceArg = None, json_out: JsonOpt = False, input_format: Inpu
         analysis.close()
 
 
-BtfOpt = Annotated[
-    Path | None,
-    typer.Option("--btf", metavar="FILE", help="the same kernel's BTF (its "
-                 "/sys/kernel/btf/vmlinux saved elsewhere), for a kernel built without "
-                 "CONFIG_DEBUG_INFO_BTF", show_default=False),
-]
 StatesOpt = Annotated[
     str | None,
     typer.Option("--state", metavar="LETTERS", help="only tasks in these states (R S D T t X "
@@ -370,6 +370,48 @@ def task_bt(source, json_out: bool, pid: int | None, states: str | None, every: 
             write_stdout(json.dumps(task_report.traces_json(traces), indent=2) + "\n")
         else:
             write_stdout("\n".join(task_report.text_lines(traces)) + "\n")
+    finally:
+        analysis.close()
+
+
+def kernel_types(analysis, btf_file: Path | None):
+    """(kallsyms, BTF) of the analysed kernel, or one line and exit 4 saying which is
+    missing and why (NoBtfError names the config and --btf)."""
+    from sadump.kernel.kallsyms import KallsymsError
+
+    try:
+        symbols = analysis.symbols()
+    except KallsymsError as e:
+        raise fail(Exit.IMAGE_ERROR, f"no kernel symbols: {e}") from None
+    try:
+        btf = analysis.kernel_btf(str(btf_file) if btf_file is not None else None)
+    except SadumpError as e:
+        raise fail(Exit.IMAGE_ERROR, str(e)) from None
+    return symbols, btf
+
+
+@app.command("modules")
+def modules(source: SourceArg = None, json_out: JsonOpt = False, btf: BtfOpt = None,
+            input_format: InputFormat = None) -> None:
+    """The loaded modules as /proc/modules lists them (kallsyms and the kernel's BTF)."""
+    from sadump.kernel.modules import ModuleError, read_modules
+
+    analysis = open_analysis(source, None, input_format)
+    try:
+        symbols, types = kernel_types(analysis, btf)
+        try:
+            found = read_modules(analysis.kernel_memory, symbols, types)
+        except ModuleError as e:
+            raise fail(Exit.IMAGE_ERROR, str(e)) from None
+        for w in analysis.warnings + found.warnings:
+            err(f"warning: {w}")
+        if json_out:
+            rows = [{"name": m.name, "size": m.size, "state": m.state_name,
+                     "address": m.address, "refcount": m.refcount, "used_by": m.used_by,
+                     "taints": m.flags()} for m in found]
+            write_stdout(json.dumps({"modules": rows}, indent=2) + "\n")
+        else:
+            write_stdout("".join(m.proc_line() + "\n" for m in found))
     finally:
         analysis.close()
 

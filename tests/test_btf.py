@@ -268,6 +268,12 @@ class FakeKmem:
                 return data[vaddr - start:vaddr - start + size]
         raise SadumpError(f"not mapped: {vaddr:#x}+{size:#x}")
 
+    def read_u64(self, vaddr: int) -> int:
+        return int.from_bytes(self.read(vaddr, 8), "big")
+
+    def read_u32(self, vaddr: int) -> int:
+        return int.from_bytes(self.read(vaddr, 4), "big")
+
 
 class FakeSymbols:
     def __init__(self, **addresses: int):
