@@ -241,9 +241,13 @@ def info(source: SourceArg = None, json_out: JsonOpt = False, input_format: Inpu
         elif sys.stdout.isatty():  # the class table with rich bars
             from rich.console import Console
 
-            write_stdout("\n".join(crashinfo.info_lines(analysis, ci, False)) + "\n")
+            from sadump.task_report import render_summary
+
+            write_stdout("\n".join(crashinfo.info_lines(analysis, ci, False, False)) + "\n")
             with to_stdout():
-                crashinfo.render_classes(ci.classes, ci.classes_error, Console(highlight=False))
+                console = Console(highlight=False)
+                render_summary(ci.tasks, ci.tasks_error, console)
+                crashinfo.render_classes(ci.classes, ci.classes_error, console)
         else:
             write_stdout("\n".join(crashinfo.info_lines(analysis, ci)) + "\n")
     finally:

@@ -297,3 +297,95 @@ def waiting_in(tt: TaskTraces, tr: TaskTrace) -> Symbol | None:
         if f.reliable and not tt.symbolize.sched(f.pc):
             return tt.symbolize(f.pc)
     return None
+
+
+# ---- for `sadump info` -------------------------------------------------------------------------
+@dataclass
+class TaskSummary:
+    """The hung-task facts of one image: tasks per state, the blocked (D) tasks with where
+    they wait and how long ago they last ran, the loaded modules."""
+
+    counts: dict[str, int]
+    total: int
+    blocked: list[tuple[Task, Symbol | None]]
+    modules: list | None  # sadump.kernel.modules.Module, in /proc/modules order
+    warnings: list[str] = field(default_factory=list)
+
+
+def task_summary(analysis) -> tuple[TaskSummary | None, str | None]:
+    """(summary, None), or (None, why) when the image gives no task list (no BTF, ...)."""
+    try:
+        tl = analysis_tasks(analysis)
+        btf = analysis.kernel_btf()
+    except SadumpError as e:
+        return None, str(e)
+    sym, warnings = symbolizer(analysis, btf)
+    chosen = select(tl.tasks, states="D")
+    traces = task_traces(analysis, chosen, btf, sym)
+    blocked_at = [(tr.task, waiting_in(traces, tr)) for tr in traces.traces]
+    return TaskSummary(state_counts(tl.tasks), len(tl.tasks), blocked_at, sym.modules,
+                       tl.warnings + warnings + traces.warnings), None
+
+
+def _ago(t: Task) -> str:
+    if t.last_ran_ns is None:
+        return "-"
+    return f"{t.last_ran_ns / 1e9:.1f} s"
+
+
+def summary_lines(s: TaskSummary | None, error: str | None, width: int = 100) -> list[str]:
+    if s is None:
+        return [f"tasks        not available: {error}"]
+    counts = ", ".join(f"{k} {v}" for k, v in s.counts.items())
+    out = [f"tasks        {s.total} ({counts}); {len(s.blocked)} blocked (D, as sysrq-w "
+           "lists them)" + (":" if s.blocked else "")]
+    for t, where in s.blocked:
+        out.append(f"  {t.pid:>7} {t.comm:<16} waits in {where or '?'}; last ran "
+                   f"{_ago(t)} ago (CPU {t.cpu}'s runqueue clock)")
+    if s.modules is None:
+        out.append("modules      not read")
+    else:
+        line = f"modules      {len(s.modules)}:"
+        for m in s.modules:
+            if len(line) + 1 + len(m.name) > width:
+                out.append(line)
+                line = "            "
+            line += " " + m.name
+        out.append(line)
+    return out
+
+
+def summary_json(s: TaskSummary | None, error: str | None) -> dict[str, Any]:
+    if s is None:
+        return {"error": error, "counts": None, "total": None, "blocked": None,
+                "modules": None}
+    return {
+        "error": None, "counts": s.counts, "total": s.total,
+        "blocked": [{"pid": t.pid, "tgid": t.tgid, "comm": t.comm, "cpu": t.cpu,
+                     "waiting_in": None if w is None else {
+                         "symbol": w.name, "offset": w.offset, "size": w.size,
+                         "module": w.module},
+                     "last_ran_seconds": None if t.last_ran_ns is None
+                     else round(t.last_ran_ns / 1e9, 3)} for t, w in s.blocked],
+        "modules": None if s.modules is None else [m.name for m in s.modules],
+    }
+
+
+def render_summary(s: TaskSummary | None, error: str | None, console) -> None:
+    """The blocked tasks as a rich table on a terminal."""
+    if s is None or not s.blocked:
+        for line in summary_lines(s, error):
+            console.print(line, markup=False)
+        return
+    from rich.table import Table
+
+    counts = ", ".join(f"{k} {v}" for k, v in s.counts.items())
+    table = Table(title=f"tasks blocked in D ({s.total} tasks: {counts})")
+    for col, justify in (("pid", "right"), ("comm", "left"), ("waits in", "left"),
+                         ("last ran", "right"), ("CPU", "right")):
+        table.add_column(col, justify=justify)
+    for t, where in s.blocked:
+        table.add_row(str(t.pid), t.comm, str(where or "?"), _ago(t) + " ago", str(t.cpu))
+    console.print(table)
+    for line in summary_lines(s, error)[1 + len(s.blocked):]:
+        console.print(line, markup=False)

@@ -227,3 +227,34 @@ def test_no_btf_is_one_line(real_file):
     assert code == 0 and "CPU 0" in out
     code, out, err = run("info", img)
     assert code == 0, err
+
+
+def test_info_hung_tasks(real_file, real_text):
+    """info: the D tasks where sysrq-w shows them waiting (the first frame outside the
+    scheduler: percpu_rwsem_wait), off CPU since before khungtaskd's report (blocked > 10 s
+    at 21.35 s, the dump after 52.18 s); states counted; the modules of /proc/modules."""
+    code, out, err = run("info", "--json", str(real_file(INPUTS[2])))
+    assert code == 0, err
+    tasks = json.loads(out)["tasks"]
+    assert tasks["error"] is None and tasks["total"] == 81
+    assert tasks["counts"] == {"R": 3, "S": 29, "D": 3, "T": 1, "Z": 1, "I": 44}
+    assert [b["pid"] for b in tasks["blocked"]] == [196, 200, 201]
+    for b in tasks["blocked"]:
+        assert b["waiting_in"] == {"symbol": "percpu_rwsem_wait", "offset": 0x142,
+                                   "size": 0x188, "module": None}
+        assert 52.18 - 11.36 <= b["last_ran_seconds"] <= 120
+    modules = [line.split()[0] for line in
+               real_text(f"{GUEST}.guest-modules.txt").splitlines() if line.strip()]
+    assert tasks["modules"] == modules
+    code, out, err = run("info", str(real_file(INPUTS[0])))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.startswith("tasks        81 (") for line in lines)
+    assert sum("waits in percpu_rwsem_wait+0x142/0x188" in line for line in lines) == 3
+
+
+def test_info_without_btf_says_why(real_file):
+    code, out, err = run("info", "--json", str(real_file("rimg-kdump.raw")))
+    assert code == 0, err
+    tasks = json.loads(out)["tasks"]
+    assert tasks["blocked"] is None and "CONFIG_DEBUG_INFO_BTF" in tasks["error"]
