@@ -374,7 +374,7 @@ def summary_json(s: TaskSummary | None, error: str | None) -> dict[str, Any]:
 def render_summary(s: TaskSummary | None, error: str | None, console) -> None:
     """The blocked tasks as a rich table on a terminal."""
     if s is None or not s.blocked:
-        for line in summary_lines(s, error):
+        for line in summary_lines(s, error, console.width):
             console.print(line, markup=False)
         return
     from rich.table import Table
@@ -387,5 +387,5 @@ def render_summary(s: TaskSummary | None, error: str | None, console) -> None:
     for t, where in s.blocked:
         table.add_row(str(t.pid), t.comm, str(where or "?"), _ago(t) + " ago", str(t.cpu))
     console.print(table)
-    for line in summary_lines(s, error)[1 + len(s.blocked):]:
+    for line in summary_lines(s, error, console.width)[1 + len(s.blocked):]:
         console.print(line, markup=False)

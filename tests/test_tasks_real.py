@@ -258,3 +258,58 @@ def test_info_without_btf_says_why(real_file):
     assert code == 0, err
     tasks = json.loads(out)["tasks"]
     assert tasks["blocked"] is None and "CONFIG_DEBUG_INFO_BTF" in tasks["error"]
+
+
+def test_dump_level_31_output_keeps_what_the_walk_needs(real_file, real_text, tmp_path):
+    """sadump's own -d 31 kdump output of the raw image: task_structs, stacks, page tables
+    and module memory are kernel pages, kept; the same tasks and sysrq-w frames."""
+    out = tmp_path / "d31.kdump"
+    code, _, err = run("dump", str(real_file(INPUTS[0])), "--format", "kdump", "-d", "31",
+                       "-o", str(out))
+    assert code in (0, 3), err
+    code, text, err = run("ps", "--json", str(out))
+    assert code == 0, err
+    ref = guest_ps(real_text(f"{GUEST}.guest-ps.txt"))
+    assert {t["pid"] for t in json.loads(text)["tasks"] if t["pid"]} == set(ref)
+    code, text, err = run("bt", "--state", "D", "--json", str(out))
+    assert code == 0, err
+    want = kernel_traces(read_latin1(real_text, f"{GUEST}.guest-sysrq-w.txt"))
+    assert {t["pid"]: printed(t["frames"]) for t in json.loads(text)["tasks"]} == want
+
+
+def test_damaged_btf_file_is_one_line(real_file, tmp_path):
+    blob = real_file(f"{GUEST}.btf-vmlinux.bin").read_bytes()
+    for name, data in (("cut.btf", blob[:len(blob) // 2]), ("zero.btf", b"\0" * 64),
+                       ("empty.btf", b"")):
+        (tmp_path / name).write_bytes(data)
+        code, out, err = run("ps", "--btf", str(tmp_path / name), str(real_file(INPUTS[0])))
+        assert code == Exit.IMAGE_ERROR, (name, err)
+        assert out == "" and len(err.strip().splitlines()) == 1, (name, err)
+    # the guest's own file works as --btf for a kernel that has it in memory too
+    code, out, err = run("ps", "--btf", str(real_file(f"{GUEST}.btf-vmlinux.bin")),
+                         str(real_file(INPUTS[0])))
+    assert code == 0 and "hungwriter1" in out
+
+
+def test_init_task_from_a_cpus_current_task(real_file):
+    """Without init_task in kallsyms (KALLSYMS_ALL=n): a CPU's current task, up real_parent
+    to pid 0, gives the same walk."""
+    from sadump.analysis import analyse
+    from sadump.kernel.tasks import walk_tasks
+
+    a = analyse(str(real_file(INPUTS[1])))
+    try:
+        syms = a.symbols()
+
+        class NoInitTask:
+            def address(self, name):
+                return None if name == "init_task" else syms.address(name)
+
+        btf = a.kernel_btf()
+        full = walk_tasks(a.kernel_memory, btf, syms, a.vmcoreinfo.info)
+        found = walk_tasks(a.kernel_memory, btf, NoInitTask(), a.vmcoreinfo.info)
+    finally:
+        a.close()
+    assert full.init_from == "kallsyms" and found.init_from.endswith("current task")
+    assert found.init_task == full.init_task
+    assert [(t.pid, t.comm) for t in found.tasks] == [(t.pid, t.comm) for t in full.tasks]
