@@ -260,7 +260,7 @@ def trace_lines(tt: TaskTraces, tr: TaskTrace) -> list[str]:
         text = f"[<{f.pc:016x}>] {tt.symbolize(f.pc)}"
         out.append(f" {text} " if f.reliable else f"({text})")
     if not tr.walk.frames and tr.source == "cpu":
-        out.append("  (in user mode)")
+        out.append("  (in user mode: no kernel frames)")
     if not tr.walk.normal:
         out.append(f"  walk stopped: {tr.walk.end}")
     return out

@@ -214,3 +214,18 @@ def test_unreadable_stack_word():
 
     out = walk_task(read, TOP - 0x1000, STACK, text)
     assert out.frames == [] and "not readable" in out.end
+
+
+def test_init_task_up_real_parent_past_a_secondary_idle_task():
+    """A secondary CPU's idle task has pid 0 but kernel_init (pid 1) as its parent; only
+    init_task is its own parent."""
+    k = small_kernel()
+    k.task(0x30000, 0, 0, 0x20000, 0, b"swapper/1", PF_KTHREAD)
+    k.link()
+    w = tasks_mod._Walker(FakeKernelMemory(k.mem.pages), BTF, Syms(), None)
+    assert w.find_init_task([(1, 0x30000)]) == (k.INIT, "CPU 1's current task")
+    assert w.find_init_task([(0, 0x22000)]) == (k.INIT, "CPU 0's current task")
+    k.set_next(0x20000, "real_parent", 0x20000)  # init claims to be its own parent
+    w = tasks_mod._Walker(FakeKernelMemory(k.mem.pages), BTF, Syms(), None)
+    with pytest.raises(TaskError):
+        w.find_init_task([(1, 0x22000)])

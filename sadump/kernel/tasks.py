@@ -236,15 +236,17 @@ class _Walker:
             return addr, "kallsyms"
         lay = self.lay
         for cpu, task in currents:
+            # up real_parent to the one task that is its own parent: init_task (pid 0); a
+            # secondary CPU's idle task has pid 0 too, but kernel_init as its parent
             for _ in range(MAX_PARENT_HOPS):
                 try:
                     raw = self.read_task(task)
                 except SadumpError:
                     break
-                if _u(raw, lay.pid) == 0:
-                    return task, f"CPU {cpu}'s current task"
                 parent = _u(raw, lay.real_parent)
                 if parent == task:
+                    if _u(raw, lay.pid) == 0:
+                        return task, f"CPU {cpu}'s current task"
                     break
                 task = parent
         raise TaskError("init_task is not in kallsyms (CONFIG_KALLSYMS_ALL=n) and no CPU's "
@@ -273,7 +275,7 @@ class _Walker:
             table, warnings = lowcore_table(self.kmem, self.info)
         except SadumpError as e:
             table, warnings = [], [str(e)]
-        self.warnings += [w for w in warnings if "lowcore" in w]
+        self.warnings += warnings
         for cpu, lowcore in table:
             try:
                 raw = self.kmem.memory.read(lowcore + LC_CURRENT_TASK, 0x80)
