@@ -28,7 +28,7 @@ class Exit(IntEnum):
     IMAGE_ERROR = 4  # the image cannot be read
     NOT_WRITTEN = 5  # dump: nothing written (output exists, no room, I/O error, ...)
     KDUMP_REFUSED = 6  # dump --mode kdump: kdump is not possible, nothing written
-    NO_TYPES = 7  # ps, bt --pid/--state/--all: the kernel carries no BTF (and no --btf FILE)
+    NO_TYPES = 7  # ps, modules, bt --pid/--state/--all: no BTF in the kernel (and no --btf FILE)
     INTERNAL = 70  # a bug in sadump (EX_SOFTWARE)
     INTERRUPTED = 130  # Ctrl-C
 
@@ -379,8 +379,9 @@ def task_bt(source, json_out: bool, pid: int | None, states: str | None, every: 
 
 
 def kernel_types(analysis, btf_file: Path | None):
-    """(kallsyms, BTF) of the analysed kernel, or one line and exit 4 saying which is
-    missing and why (NoBtfError names the config and --btf)."""
+    """(kallsyms, BTF) of the analysed kernel, or one line saying which is missing and
+    why: exit 7 when the kernel has no BTF (NoBtfError names the config and --btf), else 4."""
+    from sadump.errors import NoBtfError
     from sadump.kernel.kallsyms import KallsymsError
 
     try:
@@ -389,6 +390,8 @@ def kernel_types(analysis, btf_file: Path | None):
         raise fail(Exit.IMAGE_ERROR, f"no kernel symbols: {e}") from None
     try:
         btf = analysis.kernel_btf(str(btf_file) if btf_file is not None else None)
+    except NoBtfError as e:
+        raise fail(Exit.NO_TYPES, str(e)) from None
     except SadumpError as e:
         raise fail(Exit.IMAGE_ERROR, str(e)) from None
     return symbols, btf
@@ -397,7 +400,9 @@ def kernel_types(analysis, btf_file: Path | None):
 @app.command("modules")
 def modules(source: SourceArg = None, json_out: JsonOpt = False, btf: BtfOpt = None,
             input_format: InputFormat = None) -> None:
-    """The loaded modules as /proc/modules lists them (kallsyms and the kernel's BTF)."""
+    """The loaded modules as /proc/modules lists them (kallsyms and the kernel's BTF).
+
+    Exit: 0 listed; 4 image, symbols or module list unreadable; 7 no BTF (give --btf FILE)."""
     from sadump.kernel.modules import ModuleError, read_modules
 
     analysis = open_analysis(source, None, input_format)

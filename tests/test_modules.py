@@ -67,7 +67,7 @@ def test_btf_file_option(real_file, tmp_path, real_text):
 @pytest.mark.parametrize("name", ["rimg-kdump.raw", "rimg-nokdump.raw"])
 def test_no_btf_is_one_line(real_file, name):
     r = sadump("modules", real_file(name))
-    assert r.returncode == Exit.IMAGE_ERROR and r.stdout == ""
+    assert r.returncode == Exit.NO_TYPES and r.stdout == ""
     assert r.stderr == ("sadump: error: no BTF in this kernel (CONFIG_DEBUG_INFO_BTF not set): "
                         "give the same kernel's /sys/kernel/btf/vmlinux with --btf FILE\n")
 
@@ -318,3 +318,38 @@ def test_btf_without_struct_module():
     b.int("int", 4)
     with pytest.raises(ModuleError, match="struct module"):
         read_modules(FakeKmem({}), FakeSymbols(modules=HEAD), Btf.from_bytes(b.blob()))
+
+
+def test_image_without_kallsyms_is_one_line(tmp_path):
+    from tests.fixtures.builder import ImageSpec, write_raw
+
+    r = sadump("modules", write_raw(ImageSpec(), tmp_path / "m.raw"))
+    assert r.returncode == Exit.IMAGE_ERROR and r.stdout == ""
+    assert r.stderr.startswith("sadump: error: no kernel symbols:") and r.stderr.count("\n") == 1
+
+
+def test_damaged_module_memory_gives_warnings_only():
+    """Words of a good module list overwritten at random: read_modules and module_symbol
+    give modules, warnings or None, never another exception or a hang."""
+    import random
+
+    m = Machine()
+    a, b = m.module(0, b"alpha"), m.module(1, b"beta")
+    m.link(a, b)
+    m.uses(a, b, 0x30000)
+    m.symbols(a, 0x31000, [("alpha_init", 0x100000), ("alpha_work", 0x100040)])
+    good = bytes(m.mem)
+    hot = [HEAD, a, a + 0x100, b, b + 0x100, 0x30000, 0x31000, 0x31100]
+    rng = random.Random(19)
+    btf = module_btf()
+    for _ in range(300):
+        m.mem = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.choice(hot) + 8 * rng.randrange(32)
+            m.u64(at, rng.choice((0, (1 << 64) - 1, HEAD, a + 8, rng.getrandbits(64),
+                                  rng.getrandbits(20))))
+        mods = m.read(btf)
+        for addr in (0x100000, 0x100044, 0x110000, rng.getrandbits(21)):
+            module_symbol(mods, addr)
+        for x in mods:
+            x.proc_line()

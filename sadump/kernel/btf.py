@@ -72,10 +72,13 @@ class Btf:
         self._offsets, self._kinds, self._name_offs = _index(blob, types_at, types_len,
                                                              self._e)
         self._enumerators: dict[str, int] | None = None
+        self._packed_names: bytes | None = None
+        self._members: dict[int, list[Member]] = {}  # decoded structs and unions
         #: the target's pointer size: that of `long` (8 on s390x)
         self.pointer_size = 8
         if self.has_type("long int", "int"):
-            self.pointer_size = self.sizeof(self.type_id("long int", "int"))
+            size = self.sizeof(self.type_id("long int", "int"))
+            self.pointer_size = size if size in (4, 8) else 8
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Btf:
@@ -156,26 +159,27 @@ class Btf:
         return self.string(self._record(type_id)[0])
 
     def type_ids(self, name: str, kind: str = "struct") -> list[int]:
-        """Every type of this kind with this name, by ID."""
+        """Every type of this kind with this name, by ID: each copy of the name in the
+        string section, then each type whose name offset is that copy's (both searches are
+        bytes.find over the blob and over the name offsets packed as 32-bit words)."""
         k = _kind_number(kind)
         if not name:  # anonymous types are not looked up by name
             return []
-        key = name.encode("latin-1")
+        if self._packed_names is None:
+            self._packed_names = struct.pack(f"={len(self._name_offs)}I", *self._name_offs)
+        packed = self._packed_names
+        key = b"\0" + name.encode("latin-1") + b"\0"
+        start, end = self._strs_at, self._strs_at + self._strs_len
         out: list[int] = []
-        strs = self.blob[self._strs_at:self._strs_at + self._strs_len]
-        at = strs.find(b"\0" + key + b"\0")
-        while at >= 0:  # every copy of the string (a blob need not share them)
-            off = at + 1
-            i = 0
-            offs = self._name_offs
-            while True:
-                try:
-                    i = offs.index(off, i + 1)
-                except ValueError:
-                    break
-                if self._kinds[i] == k:
-                    out.append(i)
-            at = strs.find(b"\0" + key + b"\0", at + 1)
+        at = self.blob.find(key, start, end)
+        while at >= 0:  # a blob need not share its strings
+            word = struct.pack("=I", at + 1 - start)
+            hit = packed.find(word)
+            while hit >= 0:
+                if hit % 4 == 0 and self._kinds[hit // 4] == k:
+                    out.append(hit // 4)
+                hit = packed.find(word, hit + 1)
+            at = self.blob.find(key, at + 1, end)
         return sorted(out)
 
     def has_type(self, name: str, kind: str = "struct") -> bool:
@@ -188,8 +192,15 @@ class Btf:
             raise BtfError(f"BTF has no {kind} {name}")
         return ids[0]
 
-    def _type(self, t: int | str, kind: str = "struct") -> int:
-        return self.type_id(t, kind) if isinstance(t, str) else t
+    def _type(self, t: int | str) -> int:
+        """A type given by ID, or by name: a struct, else a union, else a typedef."""
+        if not isinstance(t, str):
+            return t
+        for kind in ("struct", "union", "typedef"):
+            ids = self.type_ids(t, kind)
+            if ids:
+                return ids[0]
+        raise BtfError(f"BTF has no struct, union or typedef {t}")
 
     # ---- following types --------------------------------------------------------------------
     def resolve(self, type_id: int) -> int:
@@ -203,6 +214,45 @@ class Btf:
             t = self._record(t)[2]
         raise BtfError(f"BTF type {type_id}: typedef/qualifier chain longer than "
                        f"{MAX_RESOLVE} (a cycle)")
+
+    def target(self, type_id: int) -> int:
+        """The one type a typedef, qualifier, type_tag, pointer, func, var or decl_tag
+        refers to (one step; resolve() goes all the way); for a func_proto its return
+        type."""
+        k = self._kinds[type_id] if 0 < type_id < len(self._kinds) else 0
+        if k not in _MODIFIERS and k not in (PTR, FUNC, VAR, DECL_TAG, FUNC_PROTO):
+            raise BtfError(f"BTF type {type_id} ({self.kind(type_id)}) refers to no type")
+        return self._record(type_id)[2]
+
+    def params(self, t: int) -> list[tuple[str, int]]:
+        """(name, type) of each parameter of a func_proto (type 0: varargs)."""
+        if self.kind(t) != "func_proto":
+            raise BtfError(f"BTF type {t} is a {self.kind(t)}, not a func_proto")
+        _n, info, _s, at = self._record(t)
+        return [(self.string(n), p) for n, p in
+                struct.iter_unpack(self._e + "II", self.blob[at:at + 8 * (info & 0xFFFF)])]
+
+    def datasec_vars(self, t: int) -> list[tuple[int, int, int]]:
+        """(var type, offset, size) of each variable of a datasec."""
+        if self.kind(t) != "datasec":
+            raise BtfError(f"BTF type {t} is a {self.kind(t)}, not a datasec")
+        _n, info, _s, at = self._record(t)
+        return list(struct.iter_unpack(self._e + "III", self.blob[at:at + 12 * (info & 0xFFFF)]))
+
+    def linkage(self, t: int) -> int:
+        """A var's or func's linkage: 0 static, 1 global, 2 extern."""
+        k = self.kind(t)
+        if k == "func":
+            return self.vlen(t)
+        if k == "var":
+            return self._u32(self.blob, self._record(t)[3])[0]
+        raise BtfError(f"BTF type {t} is a {k}: no linkage")
+
+    def component_idx(self, t: int) -> int:
+        """A decl_tag's member or parameter index (-1: the type or func itself)."""
+        if self.kind(t) != "decl_tag":
+            raise BtfError(f"BTF type {t} is a {self.kind(t)}, not a decl_tag")
+        return struct.unpack_from(self._e + "i", self.blob, self._record(t)[3])[0]
 
     def pointee(self, t: int) -> int:
         """The type a pointer points to (typedefs of the pointer followed)."""
@@ -229,7 +279,7 @@ class Btf:
         return (v >> 24) & 0xF, (v >> 16) & 0xFF, v & 0xFF
 
     def sizeof(self, t: int | str, _depth: int = 0) -> int:
-        """Size in bytes of a type (a str names a struct)."""
+        """Size in bytes of a type (a str names a struct, union or typedef)."""
         t = self._type(t)
         if _depth > MAX_DEPTH:
             raise BtfError(f"BTF type {t}: arrays nested deeper than {MAX_DEPTH}")
@@ -252,6 +302,12 @@ class Btf:
         r = self.resolve(t)
         if self._kinds[r] not in (STRUCT, UNION):
             raise BtfError(f"BTF type {t} is a {self.kind(r)}, not a struct or union")
+        cached = self._members.get(r)
+        if cached is None:
+            cached = self._members[r] = self._decode_members(r)
+        return list(cached)
+
+    def _decode_members(self, r: int) -> list[Member]:
         _name_off, info, _size, at = self._record(r)
         vlen, kflag = info & 0xFFFF, info >> 31
         out = []
