@@ -229,3 +229,13 @@ def test_init_task_up_real_parent_past_a_secondary_idle_task():
     w = tasks_mod._Walker(FakeKernelMemory(k.mem.pages), BTF, Syms(), None)
     with pytest.raises(TaskError):
         w.find_init_task([(1, 0x22000)])
+
+
+def test_btf_with_an_absurd_task_struct_size():
+    from tests.fixtures.btf import BtfBuilder
+
+    b = BtfBuilder(">")
+    u32 = b.int("unsigned int", 4)
+    b.struct("task_struct", 0xFFFFFFF0, [("pid", u32, 0)])
+    with pytest.raises(TaskError, match="size"):
+        walk_tasks(FakeKernelMemory({}), Btf.from_bytes(b.blob()), Syms(init_task=0x1000), None)

@@ -20,6 +20,8 @@ from sadump.kernel.cpus import lowcore_table
 
 #: a cap on the tasks walked: PID_MAX_LIMIT is 4M, real systems run well under this
 MAX_TASKS = 1 << 17
+#: a task_struct is 5-13 KiB in 6.x configurations; BTF claiming more is damage
+MAX_TASK_STRUCT = 64 << 10
 #: a cap on init_task's search up real_parent from a CPU's current task
 MAX_PARENT_HOPS = 64
 TASK_COMM_LEN = 16
@@ -110,6 +112,9 @@ class _Layout:
             self.task_size = btf.sizeof("task_struct")
         except SadumpError as e:
             raise TaskError(f"BTF has no struct task_struct: {e}") from None
+        if not 0 < self.task_size <= MAX_TASK_STRUCT:
+            raise TaskError(f"BTF gives task_struct a size of {self.task_size} bytes "
+                            f"(at most {MAX_TASK_STRUCT})")
         need = self.need
         state = "__state" if btf.has_member("task_struct", "__state") else "state"
         self.state = need("task_struct", state)
