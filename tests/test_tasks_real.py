@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 
 import pytest
 from typer.testing import CliRunner
@@ -313,3 +315,57 @@ def test_init_task_from_a_cpus_current_task(real_file):
     assert full.init_from == "kallsyms" and found.init_from.endswith("current task")
     assert found.init_task == full.init_task
     assert [(t.pid, t.comm) for t in found.tasks] == [(t.pid, t.comm) for t in full.tasks]
+
+
+# task_struct offsets of this kernel, from `bpftool btf dump file deb13hung-a.btf-vmlinux.bin`
+# (tasks 13696 bits, thread 26688 bits + ksp 64 bits) and the README's spot check (comm 0x920);
+# physical addresses of the task_structs from the README's spot check
+TASKS_OFF, KSP_OFF, COMM_OFF = 0x6B0, 0xD48, 0x920
+HUNGWRITER1, HUNGWRITER2, HUNGWRITER3, NAPPER = 0x2E3A800, 0x2E39400, 0x2E3D000, 0x2E3E400
+
+
+def damaged_copy(real_file, tmp_path, patches: dict[int, bytes]):
+    src = real_file(INPUTS[0])
+    dst = tmp_path / "damaged.raw"
+    if subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=False).returncode:
+        shutil.copyfile(src, dst)
+    with open(dst, "r+b") as f:
+        for where, data in patches.items():
+            f.seek(where)
+            f.write(data)
+    return dst
+
+
+def test_damaged_tasks_in_a_real_image(real_file, tmp_path):
+    """A wild tasks pointer, a comm without NUL, a ksp outside the task's stack: warnings,
+    the tasks read up to there, the other stacks as before; never a traceback."""
+    wild = (0x3FFDEAD0000).to_bytes(8, "big")
+    img = damaged_copy(real_file, tmp_path, {
+        NAPPER + TASKS_OFF: wild,
+        NAPPER + COMM_OFF: b"A" * 16,
+        HUNGWRITER1 + KSP_OFF: (0x1000).to_bytes(8, "big")})
+    code, out, err = run("ps", "--json", str(img))
+    assert code == 0, err
+    tasks = {t["pid"]: t for t in json.loads(out)["tasks"]}
+    assert {196, 200, 201, 202} <= set(tasks) and 203 not in tasks and 206 not in tasks
+    assert tasks[202]["comm"] == "A" * 16 and "comm has no NUL" in err
+    assert "task list: cut after" in err and "0x3ffdead0000" in err
+    code, out, err = run("bt", "--state", "D", str(img))
+    assert code == 0, err
+    assert "saved stack pointer 0x1000 is outside the task's stack" in out
+    assert "percpu_rwsem_wait+0x142/0x188" in out  # hungwriter2 as before
+
+
+def test_looping_task_list_in_a_real_image(real_file, tmp_path):
+    """hungwriter3's tasks.next pointed back at hungwriter2: the walk stops at the loop."""
+    with open(real_file(INPUTS[0]), "rb") as f:
+        f.seek(HUNGWRITER2 + TASKS_OFF)
+        to_hw3 = int.from_bytes(f.read(8), "big")  # hungwriter2 -> hungwriter3's node
+    identity = to_hw3 - (HUNGWRITER3 + TASKS_OFF)
+    back = (identity + HUNGWRITER2 + TASKS_OFF).to_bytes(8, "big")
+    img = damaged_copy(real_file, tmp_path, {HUNGWRITER3 + TASKS_OFF: back})
+    code, out, err = run("ps", "--json", str(img))
+    assert code == 0, err
+    pids = [t["pid"] for t in json.loads(out)["tasks"]]
+    assert pids.count(200) == 1 and 201 in pids and 202 not in pids
+    assert "seen before (a loop)" in err
