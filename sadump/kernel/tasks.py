@@ -108,15 +108,15 @@ class _Layout:
 
     def __init__(self, btf):
         self.btf = btf
-        try:
-            self.task_size = btf.sizeof("task_struct")
-        except SadumpError as e:
-            raise TaskError(f"BTF has no struct task_struct: {e}") from None
+        self._ids: dict[str, int | None] = {}  # struct name -> type id, looked up once
+        if self.opt("task_struct", "pid") is None:
+            raise TaskError("BTF has no struct task_struct with a pid")
+        self.task_size = btf.sizeof(self._ids["task_struct"])
         if not 0 < self.task_size <= MAX_TASK_STRUCT:
             raise TaskError(f"BTF gives task_struct a size of {self.task_size} bytes "
                             f"(at most {MAX_TASK_STRUCT})")
         need = self.need
-        state = "__state" if btf.has_member("task_struct", "__state") else "state"
+        state = "__state" if self.opt("task_struct", "__state") else "state"
         self.state = need("task_struct", state)
         self.exit_state = need("task_struct", "exit_state")
         self.flags = need("task_struct", "flags")
@@ -130,8 +130,7 @@ class _Layout:
         self.stack = need("task_struct", "stack")
         self.cpu = self.opt("task_struct", "thread_info.cpu") or self.opt("task_struct", "cpu")
         self.thread_pid = self.opt("task_struct", "thread_pid")
-        if btf.has_member("task_struct", "thread_node") and \
-                btf.has_member("signal_struct", "thread_head"):
+        if self.opt("task_struct", "thread_node") and self.opt("signal_struct", "thread_head"):
             self.thread_node = need("task_struct", "thread_node")
             self.thread_head = need("signal_struct", "thread_head")
             self.thread_group = None
@@ -158,9 +157,13 @@ class _Layout:
     def opt(self, struct: str, path: str) -> tuple[int, int] | None:
         btf = self.btf
         try:
-            if not btf.has_member(struct, path):
+            if struct not in self._ids:
+                ids = btf.type_ids(struct)
+                self._ids[struct] = ids[0] if ids else None
+            tid = self._ids[struct]
+            if tid is None or not btf.has_member(tid, path):
                 return None
-            m = btf.member(struct, path)
+            m = btf.member(tid, path)
             return m.bit_offset // 8, btf.sizeof(m.type_id)
         except SadumpError:
             return None
