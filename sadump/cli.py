@@ -257,8 +257,8 @@ def info(source: SourceArg = None, json_out: JsonOpt = False, input_format: Inpu
 StatesOpt = Annotated[
     str | None,
     typer.Option("--state", metavar="LETTERS", help="only tasks in these states (R S D T t X "
-                 "Z P I); D is what sysrq-w lists: uninterruptible, not TASK_IDLE",
-                 show_default=False),
+                 "Z P I); for bt, D is what sysrq-w lists: uninterruptible, not TASK_IDLE "
+                 "(a frozen task shows D, sysrq-w skips it)", show_default=False),
 ]
 
 
@@ -302,7 +302,7 @@ def ps(
         tl = task_list(analysis, btf)
         for w in analysis.warnings + tl.warnings:
             err(f"warning: {w}")
-        shown = task_report.select(tl.tasks, states=states)
+        shown = task_report.select(tl.tasks, states=states, sysrq=False)
         if json_out:
             write_stdout(json.dumps(task_report.ps_json(shown), indent=2) + "\n")
         else:

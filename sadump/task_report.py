@@ -110,21 +110,22 @@ def analysis_tasks(analysis, btf_file: str | None = None) -> TaskList:
 
 
 def select(tasks: list[Task], pid: int | None = None, states: str | None = None,
-           everything: bool = False) -> list[Task]:
-    """--pid N (the task's own id), --state LETTERS (D: what sysrq-w lists, uninterruptible
-    without TASK_NOLOAD; other letters as ps shows them), --all."""
+           everything: bool = False, sysrq: bool = True) -> list[Task]:
+    """--pid N (the task's own id), --state LETTERS, --all. With sysrq (bt), D is what
+    sysrq-w lists: uninterruptible without TASK_NOLOAD (a frozen task shows D but is not
+    listed); without (ps), every letter is the one the task shows."""
     if everything:
         return list(tasks)
     out = tasks
     if pid is not None:
         out = [t for t in out if t.pid == pid]
     if states:
-        out = [t for t in out if any(_matches(t, c) for c in states)]
+        out = [t for t in out if any(_matches(t, c, sysrq) for c in states)]
     return out
 
 
-def _matches(t: Task, letter: str) -> bool:
-    if letter == "D":
+def _matches(t: Task, letter: str, sysrq: bool) -> bool:
+    if letter == "D" and sysrq:
         return blocked(t.raw_state) and not t.idle
     return t.state == letter
 

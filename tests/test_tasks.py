@@ -239,3 +239,17 @@ def test_btf_with_an_absurd_task_struct_size():
     b.struct("task_struct", 0xFFFFFFF0, [("pid", u32, 0)])
     with pytest.raises(TaskError, match="size"):
         walk_tasks(FakeKernelMemory({}), Btf.from_bytes(b.blob()), Syms(init_task=0x1000), None)
+
+
+def test_select_d_as_sysrq_w_or_as_the_letter():
+    from sadump.task_report import select
+
+    k = small_kernel()
+    k.task(0x27000, 15, 15, k.INIT, 0x8000, b"frozen")  # TASK_FROZEN: shows D
+    k.link()
+    tl = walk(k)
+    assert tl.by_pid(15)[0].state == "D"
+    assert [t.pid for t in select(tl.tasks, states="D")] == [10]
+    assert [t.pid for t in select(tl.tasks, states="D", sysrq=False)] == [10, 15]
+    assert [t.pid for t in select(tl.tasks, states="IZ")] == [12, 13]
+    assert [t.pid for t in select(tl.tasks, pid=11)] == [11]
