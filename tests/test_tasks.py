@@ -253,3 +253,21 @@ def test_select_d_as_sysrq_w_or_as_the_letter():
     assert [t.pid for t in select(tl.tasks, states="D", sysrq=False)] == [10, 15]
     assert [t.pid for t in select(tl.tasks, states="IZ")] == [12, 13]
     assert [t.pid for t in select(tl.tasks, pid=11)] == [11]
+
+
+def test_btf_of_another_kernel():
+    """Offsets that do not fit: init_task does not read as pid 0, swapper."""
+    k = small_kernel()
+    k.link()
+    k.mem.put(k.INIT + OFF["comm"], b"garbage\0")
+    with pytest.raises(TaskError, match="does not describe this kernel"):
+        walk(k)
+
+
+def test_null_next_pointer():
+    k = small_kernel()
+    k.link()
+    k.set_next(0x21000, "tasks", 0)
+    tl = walk(k)
+    assert [t.pid for t in tl.tasks] == [0, 1, 2]
+    assert any("NULL" in w for w in tl.warnings)

@@ -369,3 +369,12 @@ def test_looping_task_list_in_a_real_image(real_file, tmp_path):
     pids = [t["pid"] for t in json.loads(out)["tasks"]]
     assert pids.count(200) == 1 and 201 in pids and 202 not in pids
     assert "seen before (a loop)" in err
+
+
+def test_btf_of_another_kernel_is_one_line(real_file):
+    """The Debian 13 BTF given for the 6.1 rimg kernel: its offsets do not fit."""
+    code, out, err = run("ps", "--btf", str(real_file(f"{GUEST}.btf-vmlinux.bin")),
+                         str(real_file("rimg-kdump.raw")))
+    assert code == Exit.IMAGE_ERROR and out == ""
+    assert "does not describe this kernel" in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1

@@ -227,8 +227,9 @@ class _Walker:
                 return out
             if nxt == head:
                 return out
-            if nxt % 8 or nxt in seen:
-                why = "not 8-byte aligned" if nxt % 8 else "seen before (a loop)"
+            if nxt % 8 or nxt in seen or nxt < member_off:
+                why = "not 8-byte aligned" if nxt % 8 else "seen before (a loop)" \
+                    if nxt in seen else "NULL or below its struct"
                 self.warn(f"{what}: cut after {len(out)}: next pointer {nxt:#x} is {why}")
                 return out
             if len(out) >= budget:
@@ -387,10 +388,14 @@ def walk_tasks(kmem, btf, syms, info) -> TaskList:
     cpus = w.cpus()
     init, init_from = w.find_init_task([(c, cur) for c, cur, _, _ in cpus if cur])
     try:
-        w.read_task(init)
+        raw = w.read_task(init)
     except SadumpError as e:
         raise TaskError(f"init_task at {init:#x} is not readable: {e}") from None
     lay = w.lay
+    comm, _ = _cstr(raw[lay.comm[0]:lay.comm[0] + lay.comm[1]])
+    if _u(raw, lay.pid) != 0 or not comm.startswith("swapper"):
+        raise TaskError(f"the BTF does not describe this kernel: init_task reads pid "
+                        f"{_u(raw, lay.pid, True)}, comm {comm!r} (pid 0, swapper expected)")
     order: list[int] = []
     idle: set[int] = set()
     placed: set[int] = set()
