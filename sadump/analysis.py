@@ -62,16 +62,17 @@ class Analysis:
 
     def kernel_btf(self, btf_file: str | None = None):
         """The kernel's BTF (sadump.kernel.btf.Btf), found once: --btf FILE, else in memory
-        (__start_BTF, else a scan of the kernel image); raises BtfError / NoBtfError.
-        Without kallsyms there is nothing to find it by (NoBtfError) unless a file is given."""
+        (__start_BTF, else a scan of the kernel image from kallsyms' or else VMCOREINFO's
+        _stext); raises BtfError / NoBtfError."""
         if btf_file not in self._btf:
-            from sadump.kernel.btf import load_kernel_btf
+            from sadump.kernel.btf import VmcoreinfoSymbols, load_kernel_btf
             from sadump.kernel.kallsyms import KallsymsError
 
             try:
                 symbols = self.symbols() if btf_file is None else None
             except KallsymsError:
-                symbols = None
+                info = self.vmcoreinfo.info
+                symbols = VmcoreinfoSymbols(info) if info is not None else None
             self._btf[btf_file] = load_kernel_btf(self.kernel_memory, symbols, btf_file)
         return self._btf[btf_file]
 

@@ -324,6 +324,16 @@ def test_load_from_symbols_and_scan():
     assert found is not None and found[0] == STEXT + at - 1 and found[1].blob == blob
 
 
+def test_scan_from_stext_alone():
+    """Only _stext known (VMCOREINFO's SYMBOL(_stext) when kallsyms cannot be decoded): the
+    scan runs up to MAX_SCAN past it, over unreadable memory too."""
+    blob = blob_of()
+    image = kernel_image(blob, 0x200000, decoys())
+    assert load_kernel_btf(FakeKmem({STEXT: image}), FakeSymbols(_stext=STEXT)).blob == blob
+    with pytest.raises(NoBtfError):
+        load_kernel_btf(FakeKmem({STEXT: bytes(len(image))}), FakeSymbols(_stext=STEXT))
+
+
 def test_no_btf_is_one_line():
     image = kernel_image(b"", 0, decoys())
     kmem = FakeKmem({STEXT: image})
@@ -396,6 +406,9 @@ def test_real_btf_from_memory_equals_sysfs(real_file, vmlinux_btf, name):
         found = scan_for_btf(a.kernel_memory, *where)
         assert found is not None
         assert found[0] == syms.address("__start_BTF") and found[1].blob == vmlinux_btf
+        # without kallsyms: VMCOREINFO's SYMBOL(_stext) starts the scan
+        assert load_kernel_btf(a.kernel_memory, B.VmcoreinfoSymbols(a.vmcoreinfo.info)).blob \
+            == vmlinux_btf
     finally:
         a.close()
 
@@ -425,9 +438,9 @@ def bpftool_types(path) -> list[dict]:
     return json.loads(out)["types"]
 
 
-def assert_same_as_bpftool(btf: Btf, types: list[dict]) -> None:
-    """Every type, every field bpftool shows, decoded the same way."""
-    assert len(types) == len(btf) - 1
+def assert_same_as_bpftool(btf: Btf, types: list[dict], first: int = 1) -> None:
+    """Every type from ID `first` on, every field bpftool shows, decoded the same way."""
+    assert len(types) == len(btf) - first
     for t in types:
         i, k = t["id"], t["kind"].lower()
         assert btf.kind(i) == k, t
@@ -555,3 +568,55 @@ def test_damaged_blobs_give_btf_errors_only(order):
         except BtfError:
             continue
         exercise(btf)
+
+
+@pytest.fixture(scope="module")
+def module_btfs(real_file) -> dict[str, bytes]:
+    """/sys/kernel/btf/<module> of the nine modules the guest had loaded."""
+    import tarfile
+
+    with tarfile.open(real_file("deb13/deb13hung-a.btf-modules.tar")) as tar:
+        return {m.name.split("/")[-1]: tar.extractfile(m).read() for m in tar.getmembers()
+                if m.isfile()}
+
+
+def test_module_btf_is_split(module_btfs, vmlinux_btf):
+    """A module's BTF continues the kernel's type IDs and strings: alone it does not parse
+    (its strings do not start with NUL) or fails the scan's check; on its base it does."""
+    base = Btf.from_bytes(vmlinux_btf)
+    assert len(module_btfs) == 9
+    for name, blob in module_btfs.items():
+        with pytest.raises(BtfError):
+            Btf.from_bytes(blob).check()
+        btf = Btf.from_bytes(blob, base=base)
+        btf.check()
+        assert len(btf) > len(base), name
+        assert btf.type_id("task_struct") == base.type_id("task_struct")
+    ext4 = Btf.from_bytes(module_btfs["ext4"], base=base)
+    assert ext4.type_id("ext4_sb_info") >= len(base)
+    assert ext4.offsetof("ext4_sb_info", "s_es") == ext4.member("ext4_sb_info", "s_es") \
+        .bit_offset // 8
+
+
+@needs_bpftool
+def test_module_btf_as_bpftool_reads_it(module_btfs, vmlinux_btf, real_file, tmp_path):
+    base = Btf.from_bytes(vmlinux_btf)
+    vmlinux = real_file("deb13/deb13hung-a.btf-vmlinux.bin")
+    for name, blob in module_btfs.items():
+        path = tmp_path / name
+        path.write_bytes(blob)
+        out = subprocess.run([BPFTOOL, "-j", "btf", "dump", "file", str(path), "--base-btf",
+                              str(vmlinux)], check=True, capture_output=True, text=True).stdout
+        types = json.loads(out)["types"]
+        btf = Btf.from_bytes(blob, base=base)
+        assert types[0]["id"] == len(base), name
+        assert_same_as_bpftool(btf, types, first=len(base))
+
+
+def test_scan_passes_over_module_btf(module_btfs):
+    """Module BTF copies before the kernel's blob (as a naive scan would meet them)."""
+    blob = blob_of()
+    decoy = b"".join(b + bytes(-len(b) % 8) for b in module_btfs.values())
+    image = kernel_image(blob, 0x280000, decoys() + decoy)
+    found = scan_for_btf(FakeKmem({STEXT: image}), STEXT, STEXT + len(image))
+    assert found is not None and found[0] == STEXT + 0x280000

@@ -66,7 +66,8 @@ class Btf:
         self.blob = blob
         self.byteorder = byteorder
         self._e = ">" if byteorder == "big" else "<"
-        self._types_at, self._strs_at, self._strs_len = types_at, strs_at, strs_len
+        self._types_at, self._types_len = types_at, types_len
+        self._strs_at, self._strs_len = strs_at, strs_len
         self._u32 = struct.Struct(self._e + "I").unpack_from
         self._rec = struct.Struct(self._e + "III").unpack_from
         self._offsets, self._kinds, self._name_offs = _index(blob, types_at, types_len,
@@ -81,9 +82,15 @@ class Btf:
             self.pointer_size = size if size in (4, 8) else 8
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> Btf:
-        """Check the header and the section bounds, index the types; BtfError on damage."""
+    def from_bytes(cls, blob: bytes, base: Btf | None = None) -> Btf:
+        """Check the header and the section bounds, index the types; BtfError on damage.
+
+        base: the kernel's BTF for a module's split BTF (/sys/kernel/btf/<module>), whose
+        type IDs and string offsets continue the base's; the result holds both, as one
+        blob whose sections are the base's followed by the module's."""
         blob = bytes(blob)
+        if base is not None:
+            blob = _merge(base, blob)
         if len(blob) < HEADER:
             raise BtfError(f"BTF blob of {len(blob)} bytes is shorter than its header")
         if len(blob) > MAX_BTF_SIZE:
@@ -479,6 +486,26 @@ class Btf:
                                f"({n - 1})")
 
 
+def _merge(base: Btf, split: bytes) -> bytes:
+    """A split blob appended to its base: one header, the types, then the strings."""
+    if len(split) < HEADER or int.from_bytes(split[:2], base.byteorder) != MAGIC:
+        raise BtfError("split BTF: no BTF magic in the base's byte order")
+    hdr_len, type_off, type_len, str_off, str_len = \
+        struct.unpack_from(base._e + "IIIII", split, 4)
+    data = len(split) - hdr_len
+    if not HEADER <= hdr_len <= len(split) or type_off + type_len > str_off \
+            or str_off + str_len > data:
+        raise BtfError("split BTF: sections out of order or outside the blob")
+    types = split[hdr_len + type_off:hdr_len + type_off + type_len]
+    strs = split[hdr_len + str_off:hdr_len + str_off + str_len]
+    base_types = base.blob[base._types_at:base._types_at + base._types_len]
+    base_strs = base.blob[base._strs_at:base._strs_at + base._strs_len]
+    all_types = len(base_types) + len(types)
+    header = struct.pack(base._e + "HBBIIIII", MAGIC, 1, 0, HEADER, 0, all_types, all_types,
+                         len(base_strs) + len(strs))
+    return header + base_types + types + base_strs + strs
+
+
 def _kind_number(kind: str) -> int:
     try:
         return KIND[kind]
@@ -612,9 +639,21 @@ def _candidate(kmem, where: int, end: int) -> Btf | None:
         return None
 
 
+class VmcoreinfoSymbols:
+    """address() over VMCOREINFO's SYMBOL() lines: where kallsyms cannot be decoded (before
+    Linux 6.0, RHEL 9's 5.14 with BTF say), SYMBOL(_stext) still starts a scan."""
+
+    def __init__(self, info):
+        self.info = info
+
+    def address(self, name: str) -> int | None:
+        return self.info.symbol(name)
+
+
 def load_kernel_btf(kmem, symbols, btf_file: str | None = None) -> Btf:
     """The kernel's BTF: --btf FILE when given, else [__start_BTF, __stop_BTF) from
-    kallsyms, else a validated scan of the kernel image; NoBtfError when there is none."""
+    kallsyms, else a validated scan of the kernel image; NoBtfError when there is none.
+    symbols: anything with address(name) -> int | None (Kallsyms, VmcoreinfoSymbols)."""
     if btf_file is not None:
         return read_btf_file(btf_file)
     if symbols is None:
