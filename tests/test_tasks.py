@@ -271,3 +271,22 @@ def test_null_next_pointer():
     tl = walk(k)
     assert [t.pid for t in tl.tasks] == [0, 1, 2]
     assert any("NULL" in w for w in tl.warnings)
+
+
+def test_a_million_claimed_tasks_is_a_bounded_walk(monkeypatch):
+    """A chain of 10^6 list nodes 16 bytes apart (tasks overlapping, every field garbage):
+    the walk stops at the cap, and the warnings about the garbage stay a few lines."""
+    monkeypatch.setattr(tasks_mod, "MAX_TASKS", 3000)
+    k = Kernel()
+    n, base = 1_000_000, 0x1000000
+    chain = bytearray()
+    for i in range(n):
+        chain += (base + 16 * (i + 1)).to_bytes(8, "big") + bytes(8)
+    k.mem.put(base, bytes(chain[:16 * 4096]))  # the first pages by the fixture's writer
+    for off in range(16 * 4096, len(chain), PAGE):  # the rest a page at a time
+        k.mem.pages[base + off] = bytearray(chain[off:off + PAGE])
+    k.mem.u64(k.INIT + OFF["tasks"], base)
+    tl = walk(k)
+    assert len(tl.tasks) <= 3001
+    assert any("MAX_TASKS" in w for w in tl.warnings)
+    assert len(tl.warnings) <= tasks_mod.MAX_WARNINGS + 1

@@ -20,6 +20,10 @@ from sadump.kernel.cpus import lowcore_table
 
 #: a cap on the tasks walked: PID_MAX_LIMIT is 4M, real systems run well under this
 MAX_TASKS = 1 << 17
+#: task_structs kept between reads (a process's leader, the parents)
+CACHED_TASKS = 64
+#: warnings of one walk shown (a damaged image can make one per task)
+MAX_WARNINGS = 20
 #: a task_struct is 5-13 KiB in 6.x configurations; BTF claiming more is damage
 MAX_TASK_STRUCT = 64 << 10
 #: a cap on init_task's search up real_parent from a CPU's current task
@@ -196,18 +200,30 @@ class _Walker:
         self.syms = syms
         self.info = info
         self.warnings: list[str] = []
-        self.seen: set[int] = set()
-        self.raw: dict[int, bytes] = {}
+        self.suppressed = 0
+        self.raw: dict[int, bytes] = {}  # a few task_structs read (parents, leaders)
 
     def warn(self, text: str) -> None:
-        self.warnings.append(text)
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(text)
+        else:
+            self.suppressed += 1
+
+    def all_warnings(self) -> list[str]:
+        more = [f"{self.suppressed} more warnings about damaged tasks not shown"] \
+            if self.suppressed else []
+        return self.warnings + more
 
     def read_task(self, addr: int) -> bytes:
         raw = self.raw.get(addr)
         if raw is None:
             if addr % 8 or not addr:
-                raise SadumpError(f"task pointer {addr:#x} is not 8-byte aligned")
-            raw = self.raw[addr] = self.kmem.read(addr, self.lay.task_size)
+                raise SadumpError(f"task pointer {addr:#x} is " +
+                                  ("NULL" if not addr else "not 8-byte aligned"))
+            raw = self.kmem.read(addr, self.lay.task_size)
+            if len(self.raw) >= CACHED_TASKS:  # memory stays flat however many tasks
+                self.raw.clear()
+            self.raw[addr] = raw
         return raw
 
     def ptr(self, vaddr: int) -> int:
@@ -284,7 +300,8 @@ class _Walker:
             table, warnings = lowcore_table(self.kmem, self.info)
         except SadumpError as e:
             table, warnings = [], [str(e)]
-        self.warnings += warnings
+        for text in warnings:
+            self.warn(text)
         for cpu, lowcore in table:
             try:
                 raw = self.kmem.memory.read(lowcore + LC_CURRENT_TASK, 0x80)
@@ -461,4 +478,4 @@ def walk_tasks(kmem, btf, syms, info) -> TaskList:
         if clock is not None and t.exec_start is not None and 0 < t.exec_start <= clock:
             t.last_ran_ns = clock - t.exec_start
         tasks.append(t)
-    return TaskList(tasks, w.warnings, init, init_from)
+    return TaskList(tasks, w.all_warnings(), init, init_from)
