@@ -367,7 +367,7 @@ def task_bt(source, json_out: bool, pid: int | None, states: str | None, every: 
             raise fail(Exit.USAGE, f"--pid {pid}: no such task in this image")
         types = analysis.kernel_btf(str(btf) if btf else None)
         sym, warnings = task_report.symbolizer(analysis, types)
-        traces = task_report.task_traces(analysis, chosen, types, sym)
+        traces = task_report.task_traces(analysis, chosen, sym)
         for w in analysis.warnings + tl.warnings + warnings + traces.warnings:
             err(f"warning: {w}")
         if json_out:

@@ -11,7 +11,15 @@ from typing import Any
 
 from sadump.errors import SadumpError
 from sadump.kernel.tasks import STATE_LETTERS, Task, TaskList, blocked
-from sadump.kernel.unwind import Frame, Stack, StackReader, Walk, thread_size, walk_task
+from sadump.kernel.unwind import (
+    PSW_MASK_PSTATE,
+    Frame,
+    Stack,
+    StackReader,
+    Walk,
+    thread_size,
+    walk_task,
+)
 
 
 @dataclass(frozen=True)
@@ -159,7 +167,7 @@ def symbolizer(analysis, btf) -> tuple[Symbolizer, list[str]]:
     return Symbolizer(syms, mods), warnings
 
 
-def task_traces(analysis, tasks: list[Task], btf, sym: Symbolizer) -> TaskTraces:
+def task_traces(analysis, tasks: list[Task], sym: Symbolizer) -> TaskTraces:
     """The frames of each task: from thread.ksp, or from its CPU's registers when it runs."""
     from sadump.backtrace_report import analysis_backtraces
 
@@ -177,7 +185,8 @@ def task_traces(analysis, tasks: list[Task], btf, sym: Symbolizer) -> TaskTraces
     for t in tasks:
         if t.running and t.running_cpu in cpu_walks:
             c = cpu_walks[t.running_cpu]
-            frames = [f for f in c.walk.frames if not (f.kind == "psw" and _user(f, c))]
+            user = c.regs is not None and bool(c.regs.psw_mask & PSW_MASK_PSTATE)
+            frames = [f for f in c.walk.frames if not (f.kind == "psw" and user)]
             w = Walk(frames, c.walk.end, c.walk.normal, c.walk.end_regs)
             out.append(TaskTrace(t, w, "cpu"))
             continue
@@ -188,12 +197,6 @@ def task_traces(analysis, tasks: list[Task], btf, sym: Symbolizer) -> TaskTraces
         w = walk_task(reader.u64, t.ksp, stack, sym.is_text)
         out.append(TaskTrace(t, w, "saved, running" if t.running else "saved"))
     return TaskTraces(out, sym, warnings)
-
-
-def _user(f: Frame, c) -> bool:
-    from sadump.kernel.unwind import PSW_MASK_PSTATE
-
-    return c.regs is not None and bool(c.regs.psw_mask & PSW_MASK_PSTATE)
 
 
 # ---- ps ---------------------------------------------------------------------------------------
@@ -322,7 +325,7 @@ def task_summary(analysis) -> tuple[TaskSummary | None, str | None]:
         return None, str(e)
     sym, warnings = symbolizer(analysis, btf)
     chosen = select(tl.tasks, states="D")
-    traces = task_traces(analysis, chosen, btf, sym)
+    traces = task_traces(analysis, chosen, sym)
     blocked_at = [(tr.task, waiting_in(traces, tr)) for tr in traces.traces]
     return TaskSummary(state_counts(tl.tasks), len(tl.tasks), blocked_at, sym.modules,
                        tl.warnings + warnings + traces.warnings), None
