@@ -130,8 +130,9 @@ HEAD = 0x10000
 BASE = 0x20000  # struct modules, 0x1000 apart
 
 
-def module_btf() -> Btf:
-    """struct module as 6.4+ lays it out (the members sadump reads, at made-up offsets)."""
+def module_btf(old: bool = False) -> Btf:
+    """struct module as 6.4+ lays it out (the members sadump reads, at made-up offsets), or
+    (old) as before 6.4: core_layout and init_layout at MEM_AT and MEM_AT + 0x20."""
     b = BtfBuilder()
     uint, ulong = b.int("unsigned int", 4), b.int("long unsigned int", 8)
     sint, char = b.int("int", 4, encoding=1), b.int("char", 1, encoding=2)
@@ -152,9 +153,14 @@ def module_btf() -> Btf:
                                 ("source", void_p, 256), ("target", void_p, 320)])
     name = b.array(char, sint, 56)
     mems = b.array(mm, sint, 7)
+    layout = b.struct("module_layout", 0x20, [("base", void_p, 0), ("size", uint, 64),
+                                              ("text_size", uint, 96),
+                                              ("ro_size", uint, 128)])
+    memory = [("core_layout", layout, 8 * MEM_AT), ("init_layout", layout, 8 * MEM_AT + 256)] \
+        if old else [("mem", mems, 8 * MEM_AT)]
     b.struct("module", MOD_SIZE, [
         ("state", state, 0), ("list", lh, 64), ("name", name, 8 * NAME_AT),
-        ("mem", mems, 8 * MEM_AT), ("refcnt", atomic_t, 8 * REFCNT_AT),
+        *memory, ("refcnt", atomic_t, 8 * REFCNT_AT),
         ("source_list", lh, 8 * SOURCE_LIST_AT), ("init", void_p, 8 * INIT_AT),
         ("exit", void_p, 8 * EXIT_AT), ("taints", ulong, 8 * TAINTS_AT),
         ("kallsyms", void_p, 8 * KALLSYMS_AT)])
@@ -243,6 +249,44 @@ def test_synthetic_list():
     assert module_symbol(mods, 0x90000) is None  # in no module
 
 
+def test_layout_before_6_4():
+    """core_layout/init_layout: /proc/modules' size is core + init size, the address the
+    core base; a symbol's size ends at the core text's end (text_size)."""
+    m = Machine()
+    a = m.module(0, b"alpha")
+    at = a + MEM_AT
+    m.u64(at, 0x100000)
+    struct.pack_into(">II", m.mem, at + 8, 0x6000, 0x2000)  # size, text_size
+    m.u64(at + 0x20, 0x180000)  # init_layout, still there
+    struct.pack_into(">II", m.mem, at + 0x28, 0x1000, 0x800)
+    m.link(a)
+    m.symbols(a, 0x31000, [("alpha_a", 0x100000), ("alpha_b", 0x100100),
+                           ("alpha_data", 0x104000)])
+    mods = m.read(module_btf(old=True))
+    assert mods.warnings == []
+    assert mods[0].proc_line() == "alpha 28672 0 - Live 0x0000000000100000"
+    assert module_symbol(mods, 0x100104) == ("alpha_b", 4, 0x1F00, "alpha")
+    assert module_symbol(mods, 0x180010) == ("alpha_data", 0x7C010, (0x180800 - 0x104000),
+                                             "alpha")
+
+
+def test_damaged_module_btf():
+    """A struct module whose members run past its size is refused, not read."""
+    b = BtfBuilder()
+    uint, void_p = b.int("unsigned int", 4), b.ptr(0)
+    char = b.int("char", 1)
+    lh = b.struct("list_head", 16, [("next", void_p, 0), ("prev", void_p, 64)])
+    b.struct("mod_kallsyms", 32, [("symtab", void_p, 0), ("num_symtab", uint, 64),
+                                  ("strtab", void_p, 128)])
+    layout = b.struct("module_layout", 0x20, [("base", void_p, 0), ("size", uint, 64),
+                                              ("text_size", uint, 96)])
+    b.struct("module", 0x40, [("state", uint, 0), ("list", lh, 64),
+                              ("name", b.array(char, uint, 56), 0xC0),
+                              ("core_layout", layout, 0x400), ("init_layout", layout, 0x500)])
+    with pytest.raises(ModuleError, match="past its size"):
+        read_modules(FakeKmem({}), FakeSymbols(modules=HEAD), Btf.from_bytes(b.blob()))
+
+
 def test_unformed_modules_are_left_out():
     m = Machine()
     a, b = m.module(0, b"alpha"), m.module(1, b"half", state=3)
@@ -268,6 +312,18 @@ def test_list_into_nowhere():
     mods = m.read()
     assert [x.name for x in mods] == ["alpha"]
     assert any("not readable" in w for w in mods.warnings)
+
+
+@pytest.mark.parametrize("pointer, words", [(0, "NULL"), (0x20003, "misaligned")])
+def test_list_cut_by_a_bad_pointer(pointer, words):
+    m = Machine()
+    a, b = m.module(0, b"alpha"), m.module(1, b"beta")
+    m.link(a, b)
+    m.u64(a + 8, pointer)
+    mods = m.read()
+    assert [x.name for x in mods] == ["alpha"]
+    want = f"modules: a {words} pointer {pointer:#x} after 1 entries cuts the list"
+    assert mods.warnings == [want]
 
 
 def test_name_without_nul():

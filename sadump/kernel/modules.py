@@ -26,6 +26,8 @@ MAX_USERS = MAX_MODULES
 MAX_MODULE_SYMS = 1 << 18
 #: bytes of one module's string table
 MAX_STRTAB = 16 * MIB
+#: struct module is about 1.5 KiB (6.12); a BTF claiming far more is damaged
+MAX_STRUCT_MODULE = 64 << 10
 ELF64_SYM = struct.Struct(">IBBHQQ")  # st_name, st_info, st_other, st_shndx, st_value, st_size
 SHN_UNDEF = 0
 MODULE_REF_BASE = 1  # kernel/module/main.c: refcnt holds the count plus one
@@ -138,7 +140,8 @@ class _Layout:
     text_type: int
     init_text_type: int
     kinds: int  # MOD_MEM_NUM_TYPES
-    layout: tuple[int, int, int, int] | None  # core_layout, init_layout, base, size (< 6.4)
+    #: before 6.4: core_layout, init_layout, and base, size, text_size in struct module_layout
+    layout: tuple[int, int, int, int, int] | None
     ks: tuple[int, int, int]  # mod_kallsyms symtab, num_symtab, strtab
 
 
@@ -160,9 +163,10 @@ def _layout(btf) -> _Layout:
         else:
             layout = (btf.offsetof(mod, "core_layout"), btf.offsetof(mod, "init_layout"),
                       btf.offsetof("module_layout", "base"),
-                      btf.offsetof("module_layout", "size"))
+                      btf.offsetof("module_layout", "size"),
+                      btf.offsetof("module_layout", "text_size"))
         use = btf.type_id("module_use") if opt["source_list"] is not None else None
-        return _Layout(
+        lay = _Layout(
             btf.offsetof(mod, "list"), btf.offsetof(mod, "name"), name_len,
             btf.offsetof(mod, "state"), opt["source_list"],
             btf.offsetof(use, "source_list") if use else 0,
@@ -171,8 +175,34 @@ def _layout(btf) -> _Layout:
             mem, text_type, init_text_type, kinds, layout,
             (btf.offsetof("mod_kallsyms", "symtab"), btf.offsetof("mod_kallsyms", "num_symtab"),
              btf.offsetof("mod_kallsyms", "strtab")))
+        _check_extent(btf, lay, btf.sizeof(mod))
+        return lay
     except BtfError as e:
         raise ModuleError(f"struct module in BTF: {e}") from None
+
+
+def _check_extent(btf, lay: _Layout, size: int) -> None:
+    """Every field read lies inside struct module (whose size bounds the one read of it)."""
+    if not 0 < size <= MAX_STRUCT_MODULE:
+        raise BtfError(f"size {size} is out of range")
+    ends = [lay.list + 16, lay.name + lay.name_len, lay.state + 4]
+    ends += [at + n for at, n in ((lay.source_list, 16), (lay.refcnt, 4), (lay.init, 8),
+                                  (lay.exit, 8), (lay.taints, 8), (lay.kallsyms, 8))
+             if at is not None]
+    if lay.mem is not None:
+        at, step, base, n = lay.mem
+        if base + 8 > step or n + 4 > step or not (0 <= lay.text_type < lay.kinds
+                                                   and 0 <= lay.init_text_type < lay.kinds):
+            raise BtfError("mem[] does not hold the text ranges")
+        ends.append(at + lay.kinds * step)
+    if lay.layout is not None:
+        core, init, *fields = lay.layout
+        step = btf.sizeof("module_layout")
+        if max(fields) + 8 > step:
+            raise BtfError("module_layout is too small for its members")
+        ends += [core + step, init + step]
+    if max(ends) > size:
+        raise BtfError(f"members end at {max(ends)}, past its size {size}")
 
 
 def _list(kmem, head: int, link: int, cap: int, what: str, warnings: list[str]) -> list[int]:
@@ -186,6 +216,10 @@ def _list(kmem, head: int, link: int, cap: int, what: str, warnings: list[str]) 
         warnings.append(f"{what}: list head at {head:#x} is not readable: {e}")
         return out
     while node != head:
+        if node == 0 or node % 8:
+            warnings.append(f"{what}: a {'NULL' if node == 0 else 'misaligned'} pointer "
+                            f"{node:#x} after {len(out)} entries cuts the list")
+            break
         if node in seen:
             warnings.append(f"{what}: the list loops at {node:#x} after {len(out)} entries")
             break
@@ -242,11 +276,15 @@ def read_modules(kmem, symbols, btf) -> Modules:
             text, init_text = mems[lay.text_type], mems[lay.init_text_type]
             ranges = [(base, base + n) for base, n in mems if base and n]
         else:
-            core, init, b, s = lay.layout
-            text = (u64(raw, core + b)[0], u32(raw, core + s)[0])
-            init_text = (u64(raw, init + b)[0], u32(raw, init + s)[0])
-            total = (text[1] + init_text[1]) & 0xFFFFFFFF
-            ranges = [(base, base + n) for base, n in (text, init_text) if base and n]
+            core, init, b, s, ts = lay.layout
+            # /proc/modules: core + init size; symbols end at the text's end (text_size)
+            (cbase, csize, ctext), (ibase, isize, itext) = (
+                (u64(raw, at + b)[0], u32(raw, at + s)[0], u32(raw, at + ts)[0])
+                for at in (core, init))
+            total = (csize + isize) & 0xFFFFFFFF
+            text, init_text = (cbase, ctext), (ibase, itext)
+            ranges = [(base, base + n) for base, n in ((cbase, csize), (ibase, isize))
+                      if base and n]
         users: list[str] = []
         if lay.source_list is not None:
             for use in _list(kmem, addr + lay.source_list, lay.use_source_list, MAX_USERS,
