@@ -517,6 +517,15 @@ def build_cases(files: dict[str, Path | None], cold: bool, kdump_fmt: bool,
         cases.append(Case(f"{name} kdump-zstd vs lz4 -1", kd if kdump_fmt else None,
                           ["lz4", "-1", "-q", "-f", str(img), "{out}"], ref_name="lz4",
                           sizes=True, versus=versus_kdump))
+    deb13 = files.get("deb13-raw")
+    # the task commands against sadump's own start-up (its --help): the kallsyms decode, the
+    # BTF index, the task walk and (bt --all) every task's unwind
+    startup = [*SADUMP, "--help"]
+    for what, opts, delta in (("ps", ("ps",), 0.5), ("bt --all", ("bt", "--all"), 2.0)):
+        cases.append(Case(f"deb13 {what}", [*SADUMP, *opts, str(deb13)] if deb13 else None,
+                          startup, ref_name="sadump --help", out=False, delta=delta,
+                          target=f"<= start-up + {delta} s",
+                          na="n/a (no deb13hung-a.raw)"))
     for name in ("synth-1g", "synth-16g", "real-1g"):
         cases.append(Case(f"{name} inspect-meminfo", [*SADUMP, "inspect-meminfo",
                           str(files[name])], None, target="< 0.5 s", limit=0.5, out=False))
@@ -559,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         "qemu-elf-1g": real_file("rimg-kdump.qemu.elf", work, args.real_cache),
         "dense-1g": make_dense(real, work / "dense-1g.raw"),
         "real-1g-alloc": make_allocated(real, work / "real-1g-alloc.raw"),
+        "deb13-raw": real_file("deb13/deb13hung-a.raw", work, args.real_cache),
         **{f"synth-{n}g": make_synthetic(n * GiB, work / f"synth-{n}g.raw") for n in (1, 4, 16)},
     }
     if args.versus:

@@ -176,7 +176,7 @@ def analysis_backtraces(analysis, cpu: int | None = None) -> Backtraces:
     from sadump.kernel.unwind import backtraces
 
     return backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
-                      analysis.cpus, cpu)
+                      analysis.cpus, cpu, analysis.symbols)
 
 
 # ---- for `sadump info` -----------------------------------------------------------------------

@@ -28,7 +28,7 @@ class Exit(IntEnum):
     IMAGE_ERROR = 4  # the image cannot be read
     NOT_WRITTEN = 5  # dump: nothing written (output exists, no room, I/O error, ...)
     KDUMP_REFUSED = 6  # dump --mode kdump: kdump is not possible, nothing written
-    NO_TYPES = 7  # ps, bt --pid/--state/--all: the kernel carries no BTF (and no --btf FILE)
+    NO_TYPES = 7  # ps, modules, bt --pid/--state/--all: no BTF in the kernel (and no --btf FILE)
     INTERNAL = 70  # a bug in sadump (EX_SOFTWARE)
     INTERRUPTED = 130  # Ctrl-C
 
@@ -243,11 +243,72 @@ def info(source: SourceArg = None, json_out: JsonOpt = False, input_format: Inpu
         elif sys.stdout.isatty():  # the class table with rich bars
             from rich.console import Console
 
-            write_stdout("\n".join(crashinfo.info_lines(analysis, ci, False)) + "\n")
+            from sadump.task_report import render_summary
+
+            write_stdout("\n".join(crashinfo.info_lines(analysis, ci, False, False)) + "\n")
             with to_stdout():
-                crashinfo.render_classes(ci.classes, ci.classes_error, Console(highlight=False))
+                console = Console(highlight=False)
+                render_summary(ci.tasks, ci.tasks_error, console)
+                crashinfo.render_classes(ci.classes, ci.classes_error, console)
         else:
             write_stdout("\n".join(crashinfo.info_lines(analysis, ci)) + "\n")
+    finally:
+        analysis.close()
+
+
+StatesOpt = Annotated[
+    str | None,
+    typer.Option("--state", metavar="LETTERS", help="only tasks in these states (R S D T t X "
+                 "Z P I); for bt, D is what sysrq-w lists: uninterruptible, not TASK_IDLE "
+                 "(a frozen task shows D, sysrq-w skips it)", show_default=False),
+]
+
+
+def task_list(analysis, btf: Path | None):
+    """The image's tasks, or one line and exit 7 (no BTF) / 4 (no task list)."""
+    from sadump import task_report
+    from sadump.errors import NoBtfError
+
+    try:
+        return task_report.analysis_tasks(analysis, str(btf) if btf else None)
+    except NoBtfError as e:
+        raise fail(Exit.NO_TYPES, f"{e}") from None
+    except SadumpError as e:
+        raise fail(Exit.IMAGE_ERROR, f"no task list: {e}") from None
+
+
+def check_states(states: str | None) -> None:
+    from sadump.task_report import bad_states
+
+    if states is not None and (not states or bad_states(states)):
+        raise fail(Exit.USAGE, f"--state {states!r}: letters of R S D T t X Z P I")
+
+
+@app.command("ps")
+def ps(
+    source: SourceArg = None,
+    json_out: JsonOpt = False,
+    states: StatesOpt = None,
+    btf: BtfOpt = None,
+    input_format: InputFormat = None,
+) -> None:
+    """Every task of the image (threads, kernel threads and idle tasks too), as ps -eL
+    shows them; > marks the tasks running on a CPU. Needs the kernel's BTF.
+
+    Exit: 0 listed; 4 image or task list unreadable; 7 no BTF (give --btf FILE)."""
+    from sadump import task_report
+
+    check_states(states)
+    analysis = open_analysis(source, None, input_format)
+    try:
+        tl = task_list(analysis, btf)
+        for w in analysis.warnings + tl.warnings:
+            err(f"warning: {w}")
+        shown = task_report.select(tl.tasks, states=states, sysrq=False)
+        if json_out:
+            write_stdout(json.dumps(task_report.ps_json(shown), indent=2) + "\n")
+        else:
+            write_stdout("\n".join(task_report.ps_lines(tl, shown)) + "\n")
     finally:
         analysis.close()
 
@@ -258,11 +319,26 @@ def bt(
     json_out: JsonOpt = False,
     cpu: Annotated[int | None, typer.Option("--cpu", metavar="N",
                                             help="only CPU N")] = None,
+    pid: Annotated[int | None, typer.Option("--pid", metavar="N", help="the task with id N "
+                                            "(a thread's TID) instead of the CPUs")] = None,
+    states: StatesOpt = None,
+    every: Annotated[bool, typer.Option("--all", help="every task, as sysrq-t prints "
+                                        "them")] = False,
+    btf: BtfOpt = None,
     input_format: InputFormat = None,
 ) -> None:
-    """Every CPU's backtrace from the image alone (kallsyms, no vmlinux)."""
+    """Every CPU's backtrace from the image alone (kallsyms, no vmlinux); with --pid,
+    --state or --all the tasks' backtraces instead (needs the kernel's BTF).
+
+    Exit: 0 shown; 2 no such CPU or task; 4 image unreadable; 7 no BTF (give --btf FILE)."""
     from sadump import backtrace_report
 
+    if pid is not None or states is not None or every:
+        if cpu is not None:
+            raise fail(Exit.USAGE, "--cpu: not with --pid, --state or --all")
+        check_states(states)
+        task_bt(source, json_out, pid, states, every, btf, input_format)
+        return
     analysis = open_analysis(source, None, input_format)
     try:
         result = backtrace_report.analysis_backtraces(analysis, cpu)
@@ -277,6 +353,29 @@ def bt(
             write_stdout(json.dumps(backtrace_report.backtraces_json(result), indent=2) + "\n")
         else:
             write_stdout("\n".join(backtrace_report.text_lines(result)) + "\n")
+    finally:
+        analysis.close()
+
+
+def task_bt(source, json_out: bool, pid: int | None, states: str | None, every: bool,
+            btf: Path | None, input_format) -> None:
+    from sadump import task_report
+
+    analysis = open_analysis(source, None, input_format)
+    try:
+        tl = task_list(analysis, btf)
+        chosen = task_report.select(tl.tasks, pid, states, every)
+        if pid is not None and not chosen:
+            raise fail(Exit.USAGE, f"--pid {pid}: no such task in this image")
+        types = analysis.kernel_btf(str(btf) if btf else None)
+        sym, warnings = task_report.symbolizer(analysis, types)
+        traces = task_report.task_traces(analysis, chosen, sym)
+        for w in analysis.warnings + tl.warnings + warnings + traces.warnings:
+            err(f"warning: {w}")
+        if json_out:
+            write_stdout(json.dumps(task_report.traces_json(traces), indent=2) + "\n")
+        else:
+            write_stdout("\n".join(task_report.text_lines(traces)) + "\n")
     finally:
         analysis.close()
 

@@ -16,6 +16,7 @@ from sadump.constants import MIB, PAGE_SIZE, mib
 from sadump.errors import SadumpError
 from sadump.kernel.printk import KernelLog, LogError, Record, read_kernel_log
 from sadump.kernel.vmcoreinfo import utc
+from sadump.task_report import summary_json, summary_lines
 
 #: a record that starts a panic or oops report
 CRASH_MARK = re.compile(r"^(Kernel panic|Oops|BUG:)")
@@ -46,6 +47,8 @@ class CrashInfo:
     classes: MemoryClasses | None = None  # the memory by makedumpfile's classes
     classes_error: str | None = None
     backtrace: Any = None  # backtrace_report: the panicking CPU's (or every CPU's)
+    tasks: Any = None  # task_report.TaskSummary: hung tasks, states, modules
+    tasks_error: str | None = None
 
 
 
@@ -86,10 +89,14 @@ def crash_info(analysis: Analysis) -> CrashInfo:
     kind, tail = log_tail(log.records) if log else ("", [])
     classes, classes_error = memory_classes(analysis)
     from sadump.backtrace_report import panic_backtraces
+    from sadump.task_report import task_summary
 
+    tasks, tasks_error = task_summary(analysis)
     return CrashInfo(info.osrelease if info else None, analysis.crash_time(), cpus, cpu_source,
-                     log, log_error, tail, kind, warnings + (log.warnings if log else []),
-                     classes, classes_error, backtrace=panic_backtraces(analysis))
+                     log, log_error, tail, kind, warnings + (log.warnings if log else [])
+                     + (tasks.warnings if tasks else []),
+                     classes, classes_error, backtrace=panic_backtraces(analysis),
+                     tasks=tasks, tasks_error=tasks_error)
 
 
 # ---- memory by class (makedumpfile --mem-usage) ----------------------------------------
@@ -217,13 +224,15 @@ def info_json(analysis: Analysis, ci: CrashInfo) -> dict[str, Any]:
                 "tail": [r.line() for r in ci.tail]},
         "memory_classes": classes_json(ci.classes, ci.classes_error),
         "backtrace": bt_json(ci.backtrace) if ci.backtrace is not None else None,
+        "tasks": summary_json(ci.tasks, ci.tasks_error),
         "warnings": analysis.warnings + ci.warnings,
     }
 
 
 # ---- text ------------------------------------------------------------------------------
 
-def info_lines(analysis: Analysis, ci: CrashInfo, with_classes: bool = True) -> list[str]:
+def info_lines(analysis: Analysis, ci: CrashInfo, with_classes: bool = True,
+               with_tasks: bool = True) -> list[str]:
     """The one-screen report, plain text (kernel log lines hold brackets: no markup)."""
     m, mem = analysis.os_info, analysis.memory
     v = analysis.vmcoreinfo
@@ -263,6 +272,8 @@ def info_lines(analysis: Analysis, ci: CrashInfo, with_classes: bool = True) -> 
         out.append(f"kernel log   {len(ci.log.records)} records ({ci.log.format}); {what}:")
         out += ["  " + line for r in ci.tail for line in r.line().split("\n")]
     out += bt_lines(ci.backtrace)
+    if with_tasks:
+        out += summary_lines(ci.tasks, ci.tasks_error)
     if with_classes:
         out += classes_lines(ci.classes, ci.classes_error)
     return out

@@ -75,11 +75,11 @@ def real_file(tmp_path_factory: pytest.TempPathFactory):
 def real_text():
     """name -> str of one of the real text files, e.g. real_text("rimg-kdump.osinfo.txt")."""
 
-    def get(name: str) -> str:
+    def get(name: str, encoding: str = "utf-8") -> str:
         real_dir_present()
         path = REAL_DIR / name
         if not path.is_file():
             pytest.fail(f"no real text {name}: {path} does not exist")
-        return path.read_text()
+        return path.read_text(encoding=encoding)  # latin-1: kernel log bytes
 
     return get

@@ -20,7 +20,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("analysis", ("sadump.analysis",)),
     ("plan+writers", ("sadump.dump_plan", "sadump.page_filter", "sadump.writers")),
     ("cli+report", ("sadump.cli", "sadump.report", "sadump.crashinfo", "sadump.sample",
-                    "sadump.backtrace_report", "sadump.__main__", "sadump")),
+                    "sadump.backtrace_report", "sadump.task_report", "sadump.__main__",
+                    "sadump")),
 ]
 
 

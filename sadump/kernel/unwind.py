@@ -229,6 +229,66 @@ def walk(read_u64, regs: Registers, stacks: list[Stack], is_text) -> Walk:
         return w
 
 
+def walk_task(read_u64, ksp: int, stack: Stack, is_text) -> Walk:
+    """The frames of a task that is not running, as the kernel's show_stack(task) prints
+    them (unwind_bc.c for task != current): from its last switch, sp = thread.ksp and
+    ip = the r14 that __switch_to saved there; only the task's own stack is valid (a
+    backchain or pt_regs r15 that does not go up inside it ends the walk with an error,
+    as get_stack_info's visit mask makes it); the end is the task's own pt_regs."""
+    w = Walk()
+    if ksp % 8 or not stack.holds(ksp, STACK_FRAME_OVERHEAD):
+        w.end = f"saved stack pointer {ksp:#x} is outside the task's stack " \
+                f"[{stack.bottom:#x}, {stack.top:#x})"
+        return w
+    sp, regs_pending = ksp, False
+    try:
+        ip = read_u64(sp + SF_R14)
+        w.frames.append(Frame(ip, sp, stack.name, True, "return"))
+        last_ip = ip
+        while True:
+            if len(w.frames) >= MAX_FRAMES_PER_STACK:
+                w.end = f"stopped after {len(w.frames)} frames"
+                return w
+            if regs_pending:  # the r14 slot after a pt_regs: unreliable, often stale
+                regs_pending = False
+                ip = read_u64(sp + SF_R14)
+                if is_text(ip) and ip != last_ip:
+                    w.frames.append(Frame(ip, sp, stack.name, False, "r14"))
+                    last_ip = ip
+                continue
+            bc = read_u64(sp + SF_BACKCHAIN)
+            if bc:
+                if bc <= sp or bc > stack.top - STACK_FRAME_OVERHEAD or bc % 8:
+                    w.end = f"backchain {bc:#x} at {sp + SF_BACKCHAIN:#x} does not go up " \
+                            "inside the task's stack"
+                    return w
+                sp = bc
+                ip = read_u64(sp + SF_R14)
+                w.frames.append(Frame(ip, sp, stack.name, True, "return"))
+                last_ip = ip
+                continue
+            at = sp + STACK_FRAME_OVERHEAD
+            if not stack.holds(at, PT_REGS_SIZE):
+                w.end = f"zero backchain at {sp:#x}, but no room for a pt_regs above it"
+                return w
+            if at == stack.top - PT_REGS_SIZE:
+                w.end, w.normal, w.end_regs = "task pt_regs", True, at
+                return w
+            mask = read_u64(at + PT_PSW_MASK)
+            ip = read_u64(at + PT_PSW_ADDR)
+            new_sp = read_u64(at + PT_GPRS + 8 * 15)
+            if new_sp <= sp or new_sp > stack.top - STACK_FRAME_OVERHEAD or new_sp % 8:
+                w.end = f"pt_regs at {at:#x}: r15 {new_sp:#x} does not go up inside the " \
+                        "task's stack"
+                return w
+            sp = new_sp
+            w.frames.append(Frame(ip, sp, stack.name, True, "pt_regs", at, mask))
+            last_ip, regs_pending = ip, True
+    except SadumpError as e:
+        w.end = f"stack word not readable: {e}"
+        return w
+
+
 def _stack_for(stacks: list[Stack], sp: int, visited: set[str]) -> Stack | None:
     for s in stacks:
         if s.name not in visited and s.holds(sp, STACK_FRAME_OVERHEAD):
@@ -344,17 +404,18 @@ def _maybe_text(addr: int) -> bool:
 
 
 def backtraces(memory: PhysicalMemory, kmem: KernelMemory, info: VmcoreInfo | None,
-               cpus: Callable[[], CpuFinding], cpu: int | None = None) -> Backtraces:
+               cpus: Callable[[], CpuFinding], cpu: int | None = None,
+               symbols: Callable[[], object] | None = None) -> Backtraces:
     """Every CPU's backtrace (or only CPU `cpu`): lowcores from lowcore_ptr, registers
     (cpus(): Analysis.cpus) matched to them by prefix, symbols from kallsyms when VMCOREINFO
-    has it."""
+    has it (symbols(): a decoded Kallsyms kept by the caller, else decoded here)."""
     from sadump.kernel.cpus import lowcore_table
     from sadump.kernel.kallsyms import KallsymsError, decode
 
     warnings: list[str] = []
     syms, syms_error = None, None
     try:
-        syms = decode(info, kmem)
+        syms = symbols() if symbols is not None else decode(info, kmem)
     except KallsymsError as e:
         syms_error = str(e)
     size = thread_size(syms)
