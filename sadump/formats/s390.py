@@ -119,8 +119,8 @@ class S390Dump(FileImage):
 
     @staticmethod
     def probe(head: bytes) -> bool:
-        # s390_ext is claimed too, only to refuse it with a clear message.
-        return int.from_bytes(head[:8], "big") in (S390_MAGIC, S390_EXT_MAGIC)
+        # s390_ext and tape copies (…FE) have readers of their own (sadump.formats.s390_ext)
+        return int.from_bytes(head[:8], "big") == S390_MAGIC
 
     def _load(self) -> None:
         size = self.file_size
@@ -128,7 +128,8 @@ class S390Dump(FileImage):
             raise ImageError(f"file is {size} bytes, too short for an s390 dump")
         magic = int.from_bytes(self._read_file(0, 8), "big")
         if magic == S390_EXT_MAGIC:
-            raise ImageError("s390_ext (compressed DASD) dumps are not supported")
+            raise ImageError("an s390_ext dump (…FE magic): read it as s390_ext, s390mv_ext "
+                             "or tape")
         if magic != S390_MAGIC:
             raise ImageError(f"not an s390 dump: magic {magic:#018x}")
         if size < HDR_SIZE:

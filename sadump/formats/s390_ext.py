@@ -1,0 +1,517 @@
+"""The dump formats of today's s390 stand-alone dumpers (zipl -d / -M, spec sa-dump-formats 3-4).
+
+s390_ext (one DASD or FBA partition): [4 KiB header]{[4 KiB segment header][data]}*[end marker].
+A segment covers MiB-aligned memory [start, start + len); its data is either the bytes
+(size_on_disk 0) or one zlib stream per MiB entry at entry_offset[i] device blocks (bit 31: the
+entry is stored raw). Memory between segments and after the last was zero and was skipped: it is
+a hole to every writer. s390mv_ext is the same stream spread over up to 32 volumes, never
+compressed; a tape copy is the classic layout under the …FE magic.
+
+Compressed entries are inflated on demand into a small cache; a reader that goes through memory
+in address order (the writers) gets the next entries inflated ahead on every core (libdeflate
+through the `deflate` wheel, which drops the GIL; zlib where it refuses a stream).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+import zlib
+from array import array
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from construct import Array, Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
+
+from sadump.constants import MAX_PHYS_ADDR, MIB
+from sadump.errors import ImageError
+from sadump.formats.memory import (
+    DumperFacts,
+    Extent,
+    FileImage,
+    PhysicalMemory,
+    file_extents,
+    pread_exact,
+)
+from sadump.formats.s390 import (
+    ARCH_64,
+    CPU_MAX,
+    EM_SIZE,
+    EM_STR,
+    HDR_SIZE,
+    S390_EXT_MAGIC,
+    DfS390Em,
+    DfS390Hdr,
+)
+
+SEG_HDR_SIZE = 4096
+#: entries one segment header holds: (4096 - 0x34) / 4 (DUMP_SEGM_ZLIB_MAXENTS)
+MAX_ENTRIES = (SEG_HDR_SIZE - 0x34) // 4
+ENTRY_RAW = 0x80000000
+ENTRY = MIB
+#: device block sizes a dump partition can have (ECKD 512-4096, FBA 512), the likely first
+BLOCK_SIZES = (4096, 512, 2048, 1024)
+#: a zlib stream of 1 MiB is at most this long (stored blocks of 64 KiB, 5 bytes each, + 6)
+MAX_STREAM = ENTRY + 4096
+#: inflated entries kept for random reads (MiB)
+CACHE_ENTRIES = 8
+#: multi-volume: volumes a zipl -M set can have (MAX_DUMP_VOLUMES)
+MAX_VOLUMES = 32
+#: whole-volume copies: the dumper sits at block 3, its parameter table 0x4000 after it
+DUMPER_BLOCK = 3
+DUMPER_SIZE_MV = 0x4000
+MV_MAGIC = b"XMULT64"
+#: tape dumpers write memory in records of 32 KiB
+TAPE_BLOCK = 0x8000
+#: bytes open_image reads to probe: enough for a whole volume's parameter table at 4 KiB blocks
+PROBE_BYTES = DUMPER_BLOCK * 4096 + DUMPER_SIZE_MV + 0x200
+
+#: struct df_s390_dump_segm_hdr without entry_offset[] (read apart, entry_count of them)
+SegHdr = Struct(
+    "start" / Int64ub,
+    "len" / Int64ub,
+    "stop_marker" / Int64ub,
+    "size_on_disk" / Int32ub,
+    "reserved" / Bytes(0x30 - 0x1c),
+    "entry_count" / Int32ub,
+)
+
+#: zipl -M's vol_parm_table (zdump/dfi_s390mv.h), at 3 x block size + 0x4000 of each volume
+VolParm = Struct("devno" / Int16ub, "start_blk" / Int32ub, "end_blk" / Int32ub,
+                 "blk_size" / Int8ub, "end_sec" / Int8ub, "num_heads" / Int8ub)
+VolParmTable = Struct("timestamp" / Int64ub, "vol_cnt" / Int16ub,
+                      "vol_parm" / Array(MAX_VOLUMES, VolParm), "ssid" / Bytes(MAX_VOLUMES))
+
+
+def _u64(b: bytes, off: int) -> int:
+    return int.from_bytes(b[off:off + 8], "big")
+
+
+def plausible_segment(hdr_page: bytes, mem_size: int) -> bool:
+    """A segment header as a dumper writes one: MiB-aligned, inside mem_size, reserved zero."""
+    if len(hdr_page) < 0x34:
+        return False
+    s = SegHdr.parse(hdr_page)
+    return (s.start % MIB == 0 and s.len % MIB == 0 and 0 < s.len
+            and s.start + s.len <= mem_size and s.stop_marker in (0, (1 << 64) - 1)
+            and s.reserved == bytes(len(s.reserved)))
+
+
+def probe_header(head: bytes):
+    """The dump header of a …FE file, or None."""
+    if len(head) < HDR_SIZE or _u64(head, 0) != S390_EXT_MAGIC:
+        return None
+    return DfS390Hdr.parse(head[:HDR_SIZE])
+
+
+# ---- the segment map ---------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Piece:
+    """Memory [start, end) stored on volume `vol` from file offset `off`: raw bytes
+    (entries None) or MiB entries at block offsets."""
+
+    start: int
+    end: int
+    vol: int
+    off: int
+    entries: array | None = None  # entry_offset[] as the header gives it
+    data_end: int = 0  # file offset where the segment's data ends
+    block: int = 4096
+
+
+@dataclass
+class Walk:
+    """What one volume's segment chain gave."""
+
+    pieces: list
+    stop: bool  # the last segment had the stop marker
+    next_off: int  # file offset after the last segment
+    why_short: str | None  # why the chain ended without the stop marker
+    stored: int  # bytes of segment data
+    compressed: bool
+
+
+def walk_segments(read, file_size: int, vol: int, first: int, limit: int, mem_size: int,
+                  block: int, prev_end: int, name: str) -> Walk:
+    """Follow one volume's segment headers from file offset `first` up to `limit` (the
+    partition's end): every step moves forward by at least a header and memory never goes
+    backwards, so the work is bounded by the file. Contradictions are ImageErrors; a chain that
+    just stops (the file ends, a header that is no header) is a short walk."""
+    pieces, off, stored, compressed, n = [], first, 0, False, 0
+
+    def bad(msg: str) -> ImageError:
+        e = ImageError(msg)
+        e.walked = n  # segments read before this one: how far this block size got
+        return e
+
+    while True:
+        if off + SEG_HDR_SIZE > min(file_size, limit):
+            return Walk(pieces, False, off, f"{name} ends at {min(file_size, limit):#x}, "
+                        f"where segment header {n} belongs: no stop marker", stored, compressed)
+        page = read(off, SEG_HDR_SIZE)
+        s = SegHdr.parse(page)
+        where = f"{name}: segment {n} at file offset {off:#x}"
+        if s.len == 0 and s.start == 0 and page == bytes(SEG_HDR_SIZE):
+            return Walk(pieces, False, off, f"{name} has no segment header at {off:#x} "
+                        f"(zeros): no stop marker", stored, compressed)
+        if s.start % MIB or s.len % MIB or s.len == 0:
+            return Walk(pieces, False, off, f"{where} is not a segment header (start "
+                        f"{s.start:#x}, len {s.len:#x}): no stop marker", stored, compressed)
+        if s.start < prev_end:
+            raise bad(f"{where} starts at memory {s.start:#x}, before the end of the "
+                             f"segment before ({prev_end:#x}): the chain goes backwards or "
+                             "overlaps")
+        if s.start + s.len > mem_size:
+            raise bad(f"{where} covers [{s.start:#x}, {s.start + s.len:#x}), past "
+                             f"the dump's memory size {mem_size:#x}")
+        data = off + SEG_HDR_SIZE
+        if s.size_on_disk:
+            compressed = True
+            if s.entry_count > MAX_ENTRIES or s.entry_count != s.len // ENTRY:
+                raise bad(f"{where}: entry_count {s.entry_count} for {s.len // MIB} "
+                                 f"MiB (at most {MAX_ENTRIES}, one per MiB)")
+            entries = array("I", page[0x34:0x34 + 4 * s.entry_count])
+            if array("I", b"\1\0\0\0")[0] == 1:
+                entries.byteswap()  # big-endian on disk
+            end = data + s.size_on_disk * block
+            last = -1
+            for i, e in enumerate(entries):
+                b = e & ~ENTRY_RAW
+                if b <= last or b >= s.size_on_disk or (
+                        e & ENTRY_RAW and (b * block + ENTRY > s.size_on_disk * block)):
+                    raise bad(f"{where}: entry {i} at block {b} is outside the "
+                                     f"segment's {s.size_on_disk} blocks or out of order")
+                last = b
+            pieces.append(Piece(s.start, s.start + s.len, vol, data, entries, end, block))
+        else:
+            end = data + s.len
+            pieces.append(Piece(s.start, s.start + s.len, vol, data, None, end, block))
+        stored += end - data
+        prev_end = s.start + s.len
+        n += 1
+        if end > file_size:
+            last = pieces.pop()
+            held = _held_part(last, file_size)
+            if held:
+                pieces.append(held)
+            return Walk(pieces, False, end, f"{name} ends at {file_size:#x}, inside segment "
+                        f"{n - 1} (its data ends at {end:#x}): no stop marker", stored,
+                        compressed)
+        if s.stop_marker:
+            return Walk(pieces, True, end, None, stored, compressed)
+        off = end
+
+
+def _held_part(p: Piece, file_size: int) -> Piece | None:
+    """The part of a cut-off segment that the file still holds (whole MiBs)."""
+    if p.entries is None:
+        n = (file_size - p.off) // MIB
+        return Piece(p.start, p.start + n * MIB, p.vol, p.off, None, p.off + n * MIB,
+                     p.block) if n > 0 else None
+    n = 0
+    for i in range(len(p.entries)):
+        nxt = ((p.entries[i + 1] & ~ENTRY_RAW) * p.block + p.off if i + 1 < len(p.entries)
+               else p.data_end)
+        if nxt > file_size:
+            break
+        n = i + 1
+    if n == 0:
+        return None
+    return Piece(p.start, p.start + n * MIB, p.vol, p.off, p.entries[:n],
+                 min(p.data_end, file_size), p.block)
+
+
+def end_marker(read, file_size: int, off: int, tod: int) -> tuple[int | None, str | None]:
+    """(end TOD, None) for a valid end marker at off, else (None, why not)."""
+    if off + EM_SIZE > file_size:
+        return None, f"no end marker: the file ends at {file_size:#x}, it belongs at {off:#x}"
+    em = DfS390Em.parse(read(off, EM_SIZE))
+    if em.magic != EM_STR:
+        return None, f"no end marker at {off:#x} (the bytes are {em.magic!r})"
+    if em.tod < tod:
+        return None, f"the end marker's TOD {em.tod:#x} is earlier than the header's {tod:#x}"
+    return em.tod, None
+
+
+# ---- inflating entries ---------------------------------------------------------------------
+
+def _libdeflate(data: bytes) -> bytes | None:
+    """libdeflate's inflate of one entry, or None where it is missing or refuses the stream
+    (then zlib says what is wrong)."""
+    try:
+        import deflate
+    except ImportError:
+        return None
+    try:
+        return deflate.zlib_decompress(data, ENTRY)
+    except deflate.DeflateError:
+        return None
+
+
+def inflate_entry(data: bytes, where: str) -> bytes:
+    """One entry's zlib stream to exactly 1 MiB: libdeflate first, zlib for what it refuses;
+    a stream that inflates past its MiB, ends short or is damaged is an ImageError."""
+    out = _libdeflate(data)
+    if out is not None and len(out) == ENTRY:
+        return out
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, ENTRY)
+    except zlib.error as e:
+        raise ImageError(f"{where}: damaged zlib stream ({e})") from None
+    if len(out) == ENTRY and not d.eof and (d.unconsumed_tail or d.decompress(b"", 1)):
+        raise ImageError(f"{where}: the zlib stream inflates past its 1 MiB entry")
+    if len(out) != ENTRY or not d.eof:
+        raise ImageError(f"{where}: the zlib stream gives {len(out):#x} bytes, not 1 MiB "
+                         f"({'complete' if d.eof else 'cut short'})")
+    return out
+
+
+class SegmentedMemory(PhysicalMemory):
+    """Memory from pieces on one or more files: holes are zero, raw pieces are file bytes,
+    compressed entries are inflated on demand (a few MiB cached) and ahead of a reader that
+    goes in address order."""
+
+    def _init_pieces(self, pieces: list[Piece], fds: list[int], names: list[str],
+                     present_end: int) -> None:
+        self._pieces = pieces
+        self._starts = [p.start for p in pieces]
+        self._fds, self._names = fds, names
+        self._cache: OrderedDict = OrderedDict()
+        self._pending: dict = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._last_miss = None
+        self._set_ranges([(0, present_end)] if present_end else [])
+
+    # the compressed entry at paddr: (piece index, entry index)
+    def _entry_at(self, i: int, paddr: int) -> tuple[int, int]:
+        return i, (paddr - self._pieces[i].start) // ENTRY
+
+    def _piece(self, paddr: int) -> int:
+        """Index of the piece holding paddr, -1 for a hole."""
+        i = bisect.bisect_right(self._starts, paddr) - 1
+        return i if i >= 0 and paddr < self._pieces[i].end else -1
+
+    def _entry_file(self, p: Piece, k: int) -> tuple[int, int, bool]:
+        """(file offset, bytes to read at most, raw) of entry k of piece p."""
+        e = p.entries[k]
+        off = p.off + (e & ~ENTRY_RAW) * p.block
+        nxt = (p.off + (p.entries[k + 1] & ~ENTRY_RAW) * p.block if k + 1 < len(p.entries)
+               else p.data_end)
+        return off, min(nxt - off, MAX_STREAM), bool(e & ENTRY_RAW)
+
+    def _inflate(self, key: tuple[int, int]) -> bytes:
+        p = self._pieces[key[0]]
+        off, n, _ = self._entry_file(p, key[1])
+        data = pread_exact(self._fds[p.vol], n, off)
+        where = (f"{self._names[p.vol]}: segment at memory {p.start:#x}, entry {key[1]} "
+                 f"(file offset {off:#x})")
+        return inflate_entry(data, where)
+
+    def _entry(self, key: tuple[int, int]) -> bytes:
+        with self._lock:
+            data = self._cache.get(key)
+            if data is not None:
+                self._cache.move_to_end(key)
+                return data
+            fut = self._pending.pop(key, None)
+            sequential = self._last_miss is not None and self._next_key(self._last_miss) == key
+            self._last_miss = key
+        data = fut.result() if fut is not None else self._inflate(key)
+        with self._lock:
+            self._cache[key] = data
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+            if fut is not None or sequential:
+                self._read_ahead(key)
+        return data
+
+    def _next_key(self, key):
+        """The compressed entry after key in address order, or None."""
+        i, k = key
+        while i < len(self._pieces):
+            p = self._pieces[i]
+            if p.entries is not None:
+                for kk in range(k + 1 if (i, k) == key else 0, len(p.entries)):
+                    if not p.entries[kk] & ENTRY_RAW:
+                        return i, kk
+            i, k = i + 1, -1
+        return None
+
+    def _read_ahead(self, key) -> None:
+        """Keep the next entries in address order inflating on the pool (a bounded window)."""
+        if self._pool is None:
+            self._workers = max(1, os.cpu_count() or 1)
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="inflate")
+        window = 2 * self._workers + 2
+        nxt = key
+        for _ in range(window):
+            nxt = self._next_key(nxt)
+            if nxt is None:
+                break
+            if nxt in self._pending or nxt in self._cache:
+                continue
+            if len(self._pending) >= window:
+                break
+            self._pending[nxt] = self._pool.submit(self._inflate, nxt)
+
+    def _read(self, paddr: int, size: int) -> bytes:
+        out, pos, end = [], paddr, paddr + size
+        while pos < end:
+            i = self._piece(pos)
+            if i < 0:  # a hole: zeros up to the next piece
+                nxt = bisect.bisect_right(self._starts, pos)
+                stop = min(end, self._starts[nxt] if nxt < len(self._starts) else end)
+                out.append(bytes(stop - pos))
+                pos = stop
+                continue
+            p = self._pieces[i]
+            stop = min(end, p.end)
+            if p.entries is None:
+                out.append(pread_exact(self._fds[p.vol], stop - pos, p.off + pos - p.start))
+                pos = stop
+                continue
+            k = (pos - p.start) // ENTRY
+            lo = pos - (p.start + k * ENTRY)
+            n = min(stop - pos, ENTRY - lo)
+            off, _, raw = self._entry_file(p, k)
+            if raw:
+                out.append(pread_exact(self._fds[p.vol], n, off + lo))
+            else:
+                data = self._entry((i, k))
+                out.append(data[lo:lo + n] if (lo, n) != (0, ENTRY) else data)
+            pos += n
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def extents(self, start: int, end: int) -> Iterator[Extent]:
+        """Holes "zero", raw bytes "file" (split at the file's own holes), compressed entries
+        "data" (one a MiB)."""
+        pos = start
+        while pos < end:
+            i = self._piece(pos)
+            if i < 0:
+                nxt = bisect.bisect_right(self._starts, pos)
+                stop = min(end, self._starts[nxt] if nxt < len(self._starts) else end)
+                yield Extent(pos, stop - pos, "zero")
+                pos = stop
+                continue
+            p = self._pieces[i]
+            stop = min(end, p.end)
+            if p.entries is None:
+                yield from file_extents(self._fds[p.vol], pos, stop - pos, p.off + pos - p.start)
+                pos = stop
+                continue
+            k = (pos - p.start) // ENTRY
+            n = min(stop, p.start + (k + 1) * ENTRY) - pos
+            off, _, raw = self._entry_file(p, k)
+            if raw:
+                yield Extent(pos, n, "file", self._fds[p.vol], off + pos - p.start - k * ENTRY)
+            else:
+                yield Extent(pos, n, "data")
+            pos += n
+
+    def close(self) -> None:
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if hasattr(self, "_cache"):
+            self._cache.clear()
+            self._pending.clear()
+
+
+# ---- the dump header -----------------------------------------------------------------------
+
+def check_header(h, name: str) -> list[str]:
+    """The header checks every …FE reader makes; returns warnings."""
+    warnings = []
+    if h.hdr_size != HDR_SIZE or h.page_size != 4096:
+        raise ImageError(f"{name}: header size {h.hdr_size:#x}, page size {h.page_size}: "
+                         "not an s390 dump header")
+    if h.arch != ARCH_64:
+        raise ImageError(f"{name}: arch {h.arch}: only 64-bit (2) dumps are read")
+    if not 0 < h.mem_size <= MAX_PHYS_ADDR:
+        raise ImageError(f"{name}: memory size {h.mem_size:#x} is 0 or past what s390x can "
+                         f"address ({MAX_PHYS_ADDR:#x})")
+    if h.cpu_cnt > CPU_MAX:
+        raise ImageError(f"{name}: cpu_cnt {h.cpu_cnt} is more than {CPU_MAX}")
+    return warnings
+
+
+def facts_of(h, fmt: str, end_tod: int | None, compressed: bool, volumes: int | None,
+             block: int | None) -> DumperFacts:
+    return DumperFacts(format=fmt, version=h.version, start_tod=h.tod, end_tod=end_tod,
+                       cpu_id=h.cpu_id, cpu_count=h.cpu_cnt, real_cpu_count=h.real_cpu_cnt,
+                       mem_size=h.mem_size, mem_size_real=h.mem_size_real,
+                       compression="zlib" if compressed else None, volumes=volumes,
+                       block_size=block)
+
+
+class S390ExtDump(SegmentedMemory, FileImage):
+    """A single-volume s390_ext dump partition (or a file copied from one)."""
+
+    format = "s390_ext"
+
+    def __init__(self, path: str, block_size: int | None = None):
+        self._block_opt = block_size
+        super().__init__(path)
+
+    @staticmethod
+    def probe(head: bytes) -> bool:
+        h = probe_header(head)
+        return bool(h is not None and not h.mvdump
+                    and plausible_segment(head[HDR_SIZE:HDR_SIZE + SEG_HDR_SIZE], h.mem_size))
+
+    def _load(self) -> None:
+        if self.file_size < HDR_SIZE + SEG_HDR_SIZE:
+            raise ImageError(f"file is {self.file_size} bytes, too short for an s390_ext dump")
+        self.header = h = DfS390Hdr.parse(self._read_file(0, HDR_SIZE))
+        if h.magic != S390_EXT_MAGIC:
+            raise ImageError(f"not an s390_ext dump: magic {h.magic:#018x}")
+        self.warnings += check_header(h, self.path)
+        # the block size that carries the chain farthest (to its end marker, at best); a
+        # contradiction found farther than any other block size got is the dump's own
+        candidates = (self._block_opt,) if self._block_opt else BLOCK_SIZES
+        best = None
+        for bs in candidates:
+            try:
+                w = walk_segments(self._read_file, self.file_size, 0, HDR_SIZE,
+                                  self.file_size, h.mem_size, bs, 0, "the dump")
+            except ImageError as e:
+                if best is None or (False, e.walked) > best[0]:
+                    best = ((False, e.walked), bs, e, None, None)
+                continue
+            end_tod, why = (end_marker(self._read_file, self.file_size, w.next_off, h.tod)
+                            if w.stop else (None, w.why_short))
+            score = (w.stop and end_tod is not None, len(w.pieces))
+            if score > best[0] if best else True:
+                best = (score, bs, w, end_tod, why)
+            if not w.compressed or score[0]:
+                break  # the block size does not matter, or it made the whole chain fit
+        _, bs, w, end_tod, why = best
+        if isinstance(w, ImageError):
+            raise ImageError(f"{w} (block size {bs})" if w.walked else str(w))
+        if w.compressed and h.zlib_entry_size not in (0, ENTRY):
+            raise ImageError(f"zlib_entry_size is {h.zlib_entry_size:#x}: only 1 MiB entries "
+                             "are known")
+        self.block_size = bs if w.compressed else None
+        self.tod = h.tod
+        self.end_tod = end_tod
+        self.cpu_prefixes = list(h.lc_vec[:h.cpu_cnt])
+        self.incomplete = why
+        if why:
+            self.warnings.append(f"incomplete dump: {why}")
+        if h.zlib_version_s390 and not w.compressed:
+            self.warnings.append("the header says zlib, but no segment is compressed (as FBA "
+                                 "dumpers write it): read as stored")
+        present = h.mem_size if w.stop else (w.pieces[-1].end if w.pieces else 0)
+        self.dumper = facts_of(h, self.format, end_tod, w.compressed, 1, self.block_size)
+        self._init_pieces(w.pieces, [self._fd], [self.path], present)
+
+    def close(self) -> None:
+        SegmentedMemory.close(self)
+        FileImage.close(self)
