@@ -229,7 +229,7 @@ def test_real_memory_page_for_page(real_file):
 def real_cpus(path):
     from sadump.analysis import analyse
 
-    a = analyse(str(path))
+    a = analyse(path if isinstance(path, list) else str(path))
     try:
         found = a.cpus()
         return found.source, {c.prefix: c for c in found.cpus}

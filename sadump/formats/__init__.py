@@ -11,7 +11,9 @@ from sadump.formats.memory import PhysicalMemory
 
 #: probe order: name -> (module, class). Each class has `probe(head: bytes) -> bool`.
 READERS: dict[str, tuple[str, str]] = {
+    "s390mv_ext": ("sadump.formats.s390_ext", "S390MvDump"),
     "s390_ext": ("sadump.formats.s390_ext", "S390ExtDump"),
+    "s390tape": ("sadump.formats.s390_ext", "S390TapeDump"),
     "s390": ("sadump.formats.s390", "S390Dump"),
     "kdump": ("sadump.formats.kdump", "KdumpFile"),
     "kdump-flat": ("sadump.formats.kdump", "FlattenedKdumpFile"),

@@ -515,3 +515,259 @@ class S390ExtDump(SegmentedMemory, FileImage):
     def close(self) -> None:
         SegmentedMemory.close(self)
         FileImage.close(self)
+
+
+# ---- multi-volume (zipl -M) -----------------------------------------------------------------
+
+@dataclass
+class Volume:
+    """One volume file: a copy of its dump partition, or of the whole volume."""
+
+    path: str
+    fd: int
+    size: int
+    part_off: int  # where the dump partition starts in the file
+    part_end: int
+    header: object
+    table: object | None  # the parameter table of a whole-volume copy
+
+    @property
+    def nr(self) -> int:
+        return self.header.volnr
+
+
+def whole_volume_table(head: bytes):
+    """(block size, parameter table) of a whole-volume copy of a zipl -M volume, or None."""
+    for bs in BLOCK_SIZES:
+        at = DUMPER_BLOCK * bs
+        if head[at:at + len(MV_MAGIC)] == MV_MAGIC:
+            t = at + DUMPER_SIZE_MV
+            raw = head[t:t + VolParmTable.sizeof()]
+            if len(raw) == VolParmTable.sizeof():
+                return bs, VolParmTable.parse(raw)
+    return None
+
+
+def _open_volume(path: str) -> Volume:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise ImageError(f"{path}: cannot open: {e.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        head = pread_exact(fd, min(size, PROBE_BYTES), 0, size)
+        h = probe_header(head)
+        if h is not None and h.mvdump:
+            return Volume(path, fd, size, 0, size, h, None)
+        found = whole_volume_table(head)
+        if found is None:
+            raise ImageError(f"{path}: not a volume of a multi-volume dump (no dump header "
+                             "with mvdump 1, no XMULT64 dumper)")
+        _, table = found
+        if not 0 < table.vol_cnt <= MAX_VOLUMES:
+            raise ImageError(f"{path}: the parameter table lists {table.vol_cnt} volumes "
+                             f"(1 to {MAX_VOLUMES})")
+        # the partition the table lists for the volume number its header gives (all of them
+        # may start at the same block); else any header there, for order_volumes to judge
+        found = []
+        for i, vp in enumerate(table.vol_parm[:table.vol_cnt]):
+            bs = vp.blk_size << 8
+            off = vp.start_blk * bs
+            if bs == 0 or vp.end_blk < vp.start_blk or off + HDR_SIZE > size:
+                continue
+            h = probe_header(pread_exact(fd, HDR_SIZE, off, size))
+            if h is not None and h.mvdump:
+                found.append((h.volnr != i, i, off, min(size, (vp.end_blk + 1) * bs), h))
+        if found:
+            _, _, off, end, h = min(found, key=lambda f: f[:2])
+            return Volume(path, fd, size, off, end, h, table)
+        raise ImageError(f"{path}: a whole volume with the XMULT64 dumper, but no partition "
+                         "its parameter table lists holds that volume's dump header")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _numbers(nrs) -> str:
+    """"volume 3", "volumes 1, 4-30"."""
+    spans: list[list[int]] = []
+    for n in sorted(nrs):
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+    return ("volume " if len(spans) == 1 and spans[0][0] == spans[0][1] else "volumes ") + text
+
+
+def order_volumes(vols: list[Volume]) -> tuple[list[Volume], int | None]:
+    """The volumes ordered by volnr and checked to be one complete set: (volumes, the set's
+    volume count where a parameter table gives it). Every mistake is one line naming the
+    volume by its number."""
+    for v in vols:
+        if v.nr >= MAX_VOLUMES:
+            raise ImageError(f"{v.path} claims to be volume {v.nr}: a multi-volume dump has at "
+                             f"most {MAX_VOLUMES}")
+    by_nr: dict[int, Volume] = {}
+    for v in vols:
+        if v.nr in by_nr:
+            raise ImageError(f"volume {v.nr} given twice: {by_nr[v.nr].path} and {v.path}")
+        by_nr[v.nr] = v
+    tables = [v for v in vols if v.table is not None]
+    count = None
+    if tables:
+        t0 = tables[0]
+        for v in tables[1:]:
+            if v.table != t0.table:
+                raise ImageError(f"{v.path} (volume {v.nr}) belongs to another dump set: its "
+                                 f"parameter table differs from that of {t0.path}")
+        count = t0.table.vol_cnt
+        for v in vols:
+            if v.nr >= count:
+                raise ImageError(f"{v.path} claims to be volume {v.nr} of {count}")
+    ref = by_nr.get(0) or min(vols, key=lambda v: v.nr)
+    for v in vols:
+        for field, what in (("tod", "dump start TOD"), ("mvdump_zipl_time", "zipl time"),
+                            ("mem_size", "memory size")):
+            a, b = getattr(v.header, field), getattr(ref.header, field)
+            if a != b:
+                raise ImageError(f"{v.path} (volume {v.nr}) belongs to another dump: its "
+                                 f"{what} {a:#x} differs from volume {ref.nr}'s {b:#x}")
+    top = count if count is not None else max(by_nr) + 1
+    missing = [n for n in range(top) if n not in by_nr]
+    if missing:
+        of = f" of {count}" if count is not None else ""
+        raise ImageError(f"{_numbers(missing)}{of} missing: give every volume of the dump "
+                         f"(given: {', '.join(str(n) for n in sorted(by_nr))})")
+    return [by_nr[n] for n in sorted(by_nr)], count
+
+
+class S390MvDump(SegmentedMemory):
+    """A multi-volume dump (zipl -M) from its volume files, given in any order."""
+
+    format = "s390mv_ext"
+
+    @staticmethod
+    def probe(head: bytes) -> bool:
+        h = probe_header(head)
+        return bool(h.mvdump) if h is not None else whole_volume_table(head) is not None
+
+    def __init__(self, paths: list[str]):
+        vols: list[Volume] = []
+        try:
+            for p in paths:
+                vols.append(_open_volume(p))
+            vols, count = order_volumes(vols)
+            super().__init__(" + ".join(v.path for v in vols))
+            self._vols = vols
+            self._load(count)
+        except BaseException:
+            for v in vols:
+                os.close(v.fd)
+            self._vols = []
+            raise
+
+    def _load(self, count: int | None) -> None:
+        h = self.header = self._vols[0].header
+        for v in self._vols:
+            check_header(v.header, v.path)
+        pieces, prev_end, walk, compressed = [], 0, None, False
+        used = 0
+        for v in self._vols:
+            def read(off, n, v=v):
+                return pread_exact(v.fd, n, off, v.size)
+            walk = walk_segments(read, v.size, used, v.part_off + HDR_SIZE,
+                                 v.part_end, h.mem_size, 4096, prev_end,
+                                 f"{v.path} (volume {v.nr})")
+            pieces += walk.pieces
+            compressed |= walk.compressed
+            used += 1
+            if walk.pieces:
+                prev_end = walk.pieces[-1].end
+            if walk.stop:
+                break
+        unused = self._vols[used:]
+        if unused:
+            self.warnings.append(f"{_numbers(v.nr for v in unused)} follow the stop marker on "
+                                 f"volume {self._vols[used - 1].nr}: not read")
+        last = self._vols[used - 1]
+        end_tod, why = None, walk.why_short
+        if walk.stop:
+            end_tod, why = end_marker(lambda off, n: pread_exact(last.fd, n, off, last.size),
+                                      last.size, walk.next_off, h.tod)
+        elif count is None:
+            why += (f" (the dump stopped early, or volume {last.nr + 1} was not given)")
+        self.incomplete = why
+        if why:
+            self.warnings.append(f"incomplete dump: {why}")
+        self.tod, self.end_tod = h.tod, end_tod
+        self.cpu_prefixes = list(h.lc_vec[:h.cpu_cnt])
+        present = h.mem_size if walk.stop else (pieces[-1].end if pieces else 0)
+        self.dumper = facts_of(h, self.format, end_tod, compressed,
+                               count if count is not None else len(self._vols), None)
+        self._init_pieces(pieces, [v.fd for v in self._vols], [v.path for v in self._vols],
+                          present)
+
+    @property
+    def stored_bytes(self) -> int | None:
+        return sum(v.part_end - v.part_off for v in self._vols)
+
+    def close(self) -> None:
+        SegmentedMemory.close(self)
+        for v in getattr(self, "_vols", []):
+            if v.fd >= 0:
+                os.close(v.fd)
+                v.fd = -1
+
+
+# ---- tape copies ----------------------------------------------------------------------------
+
+class S390TapeDump(FileImage):
+    """A tape dump copied into a file (`dd bs=32k`): the 4 KiB header record (…FE), memory
+    from address 0 in 32 KiB records, the end-marker record."""
+
+    format = "s390tape"
+
+    @staticmethod
+    def probe(head: bytes) -> bool:
+        h = probe_header(head)
+        return bool(h is not None and not h.mvdump
+                    and not plausible_segment(head[HDR_SIZE:HDR_SIZE + SEG_HDR_SIZE],
+                                              h.mem_size))
+
+    def _load(self) -> None:
+        if self.file_size < HDR_SIZE:
+            raise ImageError(f"file is {self.file_size} bytes, too short for a dump header")
+        self.header = h = DfS390Hdr.parse(self._read_file(0, HDR_SIZE))
+        if h.magic != S390_EXT_MAGIC:
+            raise ImageError(f"not a tape dump: magic {h.magic:#018x}")
+        self.warnings += check_header(h, self.path)
+        if h.volnr:
+            raise ImageError(f"volume number {h.volnr}: multi-volume tape dumps are not "
+                             "supported (nor by zgetdump)")
+        held = max(0, min(h.mem_size, self.file_size - HDR_SIZE))
+        end_tod, why = None, None
+        if held < h.mem_size:
+            why = f"the file holds {held:#x} of {h.mem_size:#x} bytes of memory"
+        else:
+            records = -(-h.mem_size // TAPE_BLOCK) * TAPE_BLOCK
+            for at in dict.fromkeys((HDR_SIZE + records, HDR_SIZE + h.mem_size)):
+                end_tod, why = end_marker(self._read_file, self.file_size, at, h.tod)
+                if end_tod is not None:
+                    break
+        self.incomplete = why
+        if why:
+            self.warnings.append(f"incomplete dump: {why}")
+        self.tod, self.end_tod = h.tod, end_tod
+        self.cpu_prefixes = list(h.lc_vec[:h.cpu_cnt])
+        self.dumper = facts_of(h, self.format, end_tod, False, 1, None)
+        self._held = held
+        self._set_ranges([(0, held)] if held else [])
+
+    def _read(self, paddr: int, size: int) -> bytes:
+        return self._read_file(HDR_SIZE + paddr, size)
+
+    def extents(self, start: int, end: int) -> Iterator[Extent]:
+        lo, hi = max(start, 0), min(end, self._held)
+        if lo < hi:
+            yield from file_extents(self._fd, lo, hi - lo, HDR_SIZE + lo)
