@@ -280,3 +280,43 @@ def test_real_d31_kdump_bitmaps(real_file, tmp_path):
     ours, theirs = kdump_parts(out), kdump_parts(real_file("filter/rimg-kdump.d31.bitmaps"))
     assert ours["bitmap1"] == theirs["bitmap1"]
     assert ours["bitmap2"] == theirs["bitmap2"]
+
+
+# ---- inflating ahead of a writer ------------------------------------------------------------
+def test_writer_reads_entries_inflated_ahead_on_the_pool(tmp_path, monkeypatch):
+    """memory_blocks (every writer's reader) gets the compressed entries from the pool that
+    inflates them ahead, never more than AHEAD at once, and leaves nothing in flight."""
+    import threading
+
+    from sadump.formats import s390_ext
+    from sadump.writers.blocks import memory_blocks
+
+    path = sa.write_ext(tmp_path / "d.s390", MEM, SIZE)
+    with open_image(path) as mem:
+        where, most = [], [0]
+        real = mem._inflate
+
+        def spy(key):
+            where.append(threading.current_thread().name)
+            most[0] = max(most[0], len(mem._pending))
+            return real(key)
+
+        monkeypatch.setattr(mem, "_inflate", spy)
+        got = {b.paddr: b for b in memory_blocks(mem, 0, SIZE)}
+        for a, data in MEM.items():
+            blk = got[a]
+            assert blk.kind == "data" or a == 0
+            if blk.kind == "data":
+                assert blk.data == data
+        assert where and all(w.startswith("inflate") for w in where)
+        assert len(where) == 5  # each compressed MiB once: 1, 2, 7, 8, 20
+        assert most[0] <= s390_ext.AHEAD and not mem._pending
+
+
+def test_zlib_alone_without_libdeflate(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "deflate", None)  # import deflate fails
+    path = sa.write_ext(tmp_path / "d.s390", MEM, SIZE)
+    with open_image(path) as mem:
+        check_memory(mem)

@@ -21,7 +21,6 @@ import zlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from construct import Array, Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
@@ -58,6 +57,8 @@ BLOCK_SIZES = (4096, 512, 2048, 1024)
 MAX_STREAM = ENTRY + 4096
 #: inflated entries kept for random reads (MiB)
 CACHE_ENTRIES = 8
+#: entries inflating ahead of a writer (MiB in flight): enough to keep every core busy
+AHEAD = min(16, 2 * (os.cpu_count() or 1) + 2)
 #: multi-volume: volumes a zipl -M set can have (MAX_DUMP_VOLUMES)
 MAX_VOLUMES = 32
 #: whole-volume copies: the dumper sits at block 3, its parameter table 0x4000 after it
@@ -284,8 +285,7 @@ class SegmentedMemory(PhysicalMemory):
         self._cache: OrderedDict = OrderedDict()
         self._pending: dict = {}
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._last_miss = None
+        self._pool = None  # a ThreadPoolExecutor once a reader goes in address order
         self._set_ranges([(0, present_end)] if present_end else [])
 
     # the compressed entry at paddr: (piece index, entry index)
@@ -314,51 +314,69 @@ class SegmentedMemory(PhysicalMemory):
         return inflate_entry(data, where)
 
     def _entry(self, key: tuple[int, int]) -> bytes:
+        """Entry key inflated: from the cache, from the pool when it was read ahead, or now."""
         with self._lock:
             data = self._cache.get(key)
             if data is not None:
                 self._cache.move_to_end(key)
                 return data
             fut = self._pending.pop(key, None)
-            sequential = self._last_miss is not None and self._next_key(self._last_miss) == key
-            self._last_miss = key
         data = fut.result() if fut is not None else self._inflate(key)
         with self._lock:
             self._cache[key] = data
             while len(self._cache) > CACHE_ENTRIES:
                 self._cache.popitem(last=False)
-            if fut is not None or sequential:
-                self._read_ahead(key)
         return data
 
-    def _next_key(self, key):
-        """The compressed entry after key in address order, or None."""
-        i, k = key
-        while i < len(self._pieces):
-            p = self._pieces[i]
-            if p.entries is not None:
-                for kk in range(k + 1 if (i, k) == key else 0, len(p.entries)):
-                    if not p.entries[kk] & ENTRY_RAW:
-                        return i, kk
-            i, k = i + 1, -1
-        return None
+    def ahead(self, extents: Iterator[Extent]) -> Iterator[Extent]:
+        """The extents, with the compressed entries of the next few already inflating on
+        every core: a writer reads each "data" extent it is given, so the window is exactly
+        what it reads next. At most AHEAD entries are in flight (1 MiB each)."""
+        from collections import deque
 
-    def _read_ahead(self, key) -> None:
-        """Keep the next entries in address order inflating on the pool (a bounded window)."""
         if self._pool is None:
-            self._workers = max(1, os.cpu_count() or 1)
-            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="inflate")
-        window = 2 * self._workers + 2
-        nxt = key
-        for _ in range(window):
-            nxt = self._next_key(nxt)
-            if nxt is None:
-                break
-            if nxt in self._pending or nxt in self._cache:
-                continue
-            if len(self._pending) >= window:
-                break
-            self._pending[nxt] = self._pool.submit(self._inflate, nxt)
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1),
+                                            thread_name_prefix="inflate")
+        window: deque = deque()
+        queued: list = []  # keys submitted by this generator, to drop when it is left early
+        it = iter(extents)
+        busy = 0  # data extents in the window
+
+        def pull() -> bool:
+            nonlocal busy
+            e = next(it, None)
+            if e is None:
+                return False
+            if e.kind == "data":
+                busy += 1
+                i = self._piece(e.paddr)
+                if i >= 0 and self._pieces[i].entries is not None:
+                    key = self._entry_at(i, e.paddr)
+                    with self._lock:
+                        if key not in self._pending and key not in self._cache:
+                            self._pending[key] = self._pool.submit(self._inflate, key)
+                            queued.append(key)
+            window.append(e)
+            return True
+
+        try:
+            while True:
+                while busy < AHEAD and pull():
+                    pass
+                if not window:
+                    return
+                e = window.popleft()
+                if e.kind == "data":
+                    busy -= 1
+                yield e
+        finally:
+            with self._lock:
+                for key in queued:
+                    fut = self._pending.pop(key, None)
+                    if fut is not None:
+                        fut.cancel()
 
     def _read(self, paddr: int, size: int) -> bytes:
         out, pos, end = [], paddr, paddr + size
