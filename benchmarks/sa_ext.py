@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--size-gib", type=int, default=4)
+    ap.add_argument("--size-gib", type=int, default=4, help="the dense image (0: skip it)")
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "sadump-sa-bench"))
     ap.add_argument("--real-cache", default=os.environ.get("SADUMP_REAL_CACHE"))
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                               ["cp", str(alloc), "{out}"])
             bench.run_case(case, out, args.repeat)
             lines.append(row(name, case, 0.5))
+        if args.size_gib <= 0:
+            print("\n".join(lines))
+            return 0
         size = args.size_gib * GiB
         dense = work / f"dense-{args.size_gib}g.ext"
         gz = work / f"dense-{args.size_gib}g.gz" if shutil.which("pigz") else None
@@ -187,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             for p in made:
                 if p.parent == work:
                     p.unlink(missing_ok=True)
+                    p.with_name(p.name + ".made-from").unlink(missing_ok=True)
         out.unlink(missing_ok=True)
+        if not args.keep and not any(work.iterdir()):
+            work.rmdir()
     print("\n".join(lines))
     return 0
 
