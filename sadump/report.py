@@ -93,8 +93,11 @@ def dumper_lines(img) -> list[str]:
         real = d.mem_size_real or d.mem_size
         out.append(f"  memory     the dump holds {_size_pair(d.mem_size, real)} of the "
                    "machine's memory")
-    out.append("  complete   " + ("yes (stop marker and end marker present)"
-                                  if img.incomplete is None else f"NO: {img.incomplete}"))
+    markers = {"s390_ext": " (stop marker and end marker present)",
+               "s390mv_ext": " (stop marker and end marker present)",
+               "s390": " (end marker present)", "s390tape": " (end marker present)"}
+    out.append("  complete   " + (f"yes{markers.get(d.format, '')}" if img.incomplete is None
+                                  else f"NO: {img.incomplete}"))
     return out
 
 

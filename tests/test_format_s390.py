@@ -249,3 +249,13 @@ def test_mutated_headers_never_crash(tmp_path):
         with d:
             for start, end in d.ranges():
                 d.read(start, min(end - start, 4096))
+
+
+def test_dumper_facts(tmp_path):
+    """The classic header's own facts, for inspect-meminfo and info."""
+    path = write_dump(tmp_path / "d.s390")
+    with S390Dump(path) as d:
+        f = d.dumper
+        assert (f.format, f.version, f.start_tod, f.end_tod) == ("s390", 5, TOD, TOD + (5 << 32))
+        assert (f.cpu_id, f.cpu_count, f.mem_size) == (0xFF00012345678000, 2, len(MEM))
+        assert f.compression is None

@@ -320,3 +320,19 @@ def test_zlib_alone_without_libdeflate(tmp_path, monkeypatch):
     path = sa.write_ext(tmp_path / "d.s390", MEM, SIZE)
     with open_image(path) as mem:
         check_memory(mem)
+
+
+def test_real_full_dump_notes_equal_qemus(real_file, tmp_path):
+    """What `sadump dump --mode full` writes from the compressed dump carries, per CPU, the
+    register notes QEMU wrote at the same moment (read back from the output's notes)."""
+    out = tmp_path / "full.elf"
+    res = cli("dump", real_file(EXT), "--mode", "full", "-o", out)
+    assert res.exit_code == 0, res.stderr
+    source, ours = real_cpus(out)
+    _, theirs = real_cpus(real_file("rimg-kdump.qemu.elf"))
+    assert source == "notes" and sorted(ours) == sorted(theirs)
+    for prefix, cpu in ours.items():
+        q = theirs[prefix]
+        for f in ("psw_mask", "psw_addr", "gprs", "acrs", "fprs", "fpc", "timer", "todcmp",
+                  "todpreg", "ctrs", "prefix", "vxrs"):
+            assert getattr(cpu, f) == getattr(q, f), (hex(prefix), f)

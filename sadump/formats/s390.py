@@ -13,7 +13,7 @@ from construct import Array, Bytes, Default, Int8ub, Int16ub, Int32ub, Int64ub, 
 
 from sadump.constants import MAX_PHYS_ADDR
 from sadump.errors import ImageError
-from sadump.formats.memory import Extent, FileImage, file_extents
+from sadump.formats.memory import DumperFacts, Extent, FileImage, file_extents
 
 S390_MAGIC = 0xA8190173618F23FD
 S390_EXT_MAGIC = 0xA8190173618F23FE
@@ -186,6 +186,11 @@ class S390Dump(FileImage):
         if self.incomplete:
             self.warnings.append(f"incomplete dump: {self.incomplete}")
         self._held = held
+        self.dumper = DumperFacts(format="s390", version=h.version, start_tod=h.tod,
+                                  end_tod=self.end_tod, cpu_id=h.cpu_id, cpu_count=cpu_cnt,
+                                  real_cpu_count=h.real_cpu_cnt if cpu_cnt else None,
+                                  mem_size=mem_size, mem_size_real=h.mem_size_real or None,
+                                  volumes=1)
         self._set_ranges([(0, held)])
 
     def _check_end_marker(self, size: int, mem_size: int, held: int) -> str | None:
