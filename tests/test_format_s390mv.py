@@ -176,3 +176,16 @@ def test_real_volumes_registers_bt_dmesg(real_file, real_sets, kind):
 
 def test_real_single_volume_names_the_missing_one(real_sets):
     one_line(real_sets["whole"][1:], r"^volume 0 of 2 missing")
+
+
+def test_old_data_at_a_volumes_end_is_not_a_segment(tmp_path):
+    """Where a header and 1 MiB no longer fit, the dumper went on to the next volume: a
+    header-like leftover there (old data) is not read as a segment."""
+    import struct
+
+    paths = write_set(tmp_path)
+    with open(paths[0], "r+b") as f:  # volume 0: [0, 2 MiB) then less than 1 MiB free
+        f.seek(0x1000 + 0x1000 + 2 * MIB)  # where the next header would be
+        f.write(struct.pack(">QQQ", 0, MIB, 0))  # a would-be segment going backwards
+    with open_image(paths) as mem:
+        check_memory(mem)

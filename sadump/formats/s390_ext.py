@@ -694,8 +694,10 @@ class S390MvDump(SegmentedMemory):
         for v in self._vols:
             def read(off, n, v=v):
                 return pread_exact(v.fd, n, off, v.size)
+            # as zgetdump: no segment starts where a header and 1 MiB no longer fit (the
+            # dumper went on to the next volume; what lies there is old data)
             walk = walk_segments(read, v.size, used, v.part_off + HDR_SIZE,
-                                 v.part_end, h.mem_size, 4096, prev_end,
+                                 v.part_end - ENTRY, h.mem_size, 4096, prev_end,
                                  f"{v.path} (volume {v.nr})")
             pieces += walk.pieces
             compressed |= walk.compressed
