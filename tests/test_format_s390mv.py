@@ -189,3 +189,22 @@ def test_old_data_at_a_volumes_end_is_not_a_segment(tmp_path):
         f.write(struct.pack(">QQQ", 0, MIB, 0))  # a would-be segment going backwards
     with open_image(paths) as mem:
         check_memory(mem)
+
+
+@pytest.mark.parametrize("count", [0, 33, 0xFFFF])
+def test_parameter_table_volume_count_out_of_range(tmp_path, count):
+    paths = write_set(tmp_path, whole=True)
+    patch(paths[0], 3 * 4096 + 0x4000 + 8, count.to_bytes(2, "big"))
+    one_line([paths[0]], f"lists {count} volumes")
+
+
+def test_input_format_names_the_readers(tmp_path):
+    mem = b"".join(MEM.get(a, bytes(MIB)) for a in range(0, 4 * MIB, MIB))
+    (tmp_path / "t").write_bytes(sa.tape(mem))
+    with open_image(str(tmp_path / "t"), "s390tape") as d:
+        assert d.format == "s390tape"
+    paths = write_set(tmp_path)
+    with open_image(paths, "s390mv_ext") as d:
+        assert d.format == "s390mv_ext"
+    with pytest.raises(ImageError, match="not a volume of a multi-volume dump"):
+        open_image([str(tmp_path / "t")], "s390mv_ext")
