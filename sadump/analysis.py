@@ -123,5 +123,6 @@ def analyse_memory(image: PhysicalMemory) -> Analysis:
                     decision, warnings, digest, kmem)
 
 
-def analyse(path: str, input_format: str | None = None) -> Analysis:
-    return analyse_memory(open_image(path, input_format))
+def analyse(paths, input_format: str | None = None, block_size: int | None = None) -> Analysis:
+    """paths: one image file, or the volume files of one multi-volume dump."""
+    return analyse_memory(open_image(paths, input_format, block_size))

@@ -45,9 +45,10 @@ app = typer.Typer(
 )
 
 ImageArg = Annotated[
-    Path | None,
-    typer.Argument(help="memory image: raw, ELF core, s390 dump, kdump-compressed (flat too)",
-                   show_default=False),
+    list[Path] | None,
+    typer.Argument(help="memory image: raw, ELF core, s390 dump (classic, s390_ext, tape), "
+                   "kdump-compressed (flat too); several files: the volumes of one "
+                   "multi-volume dump, in any order", show_default=False),
 ]
 class InputFormatName(str, Enum):
     """The readers of sadump.formats.READERS, by name."""
@@ -57,6 +58,9 @@ class InputFormatName(str, Enum):
     s390 = "s390"
     kdump = "kdump"
     kdump_flat = "kdump-flat"
+    s390_ext = "s390_ext"
+    s390mv_ext = "s390mv_ext"
+    s390tape = "s390tape"
     vmdump = "vmdump"
     ngdump = "ngdump"
 
@@ -85,6 +89,9 @@ InputFormat = Annotated[
     InputFormatName | None,
     typer.Option("--input-format", "-F", help="skip probing: read IMAGE as this format"),
 ]
+BlockSizeOpt = Annotated[int | None, typer.Option(
+    "--block-size", metavar="BYTES", help="s390_ext: the dump device's block size (4096 ECKD, "
+    "512 FBA; default: found from the dump's segment chain)", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON object on stdout")]
 BtfOpt = Annotated[
     Path | None,
@@ -96,9 +103,26 @@ SampleOpt = Annotated[bool, typer.Option("--sample", help="use the small sample 
                                          "with sadump")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from sadump import __version__
+
+        print(f"sadump {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def root() -> None:
+def root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="print sadump's version")] = False,
+         ) -> None:
     """sadump: models the s390 external dump trigger on memory images."""
+
+
+def json_text(obj: dict) -> str:
+    """A command's JSON, led by the version of sadump that wrote it."""
+    from sadump import __version__
+
+    return json.dumps({"sadump_version": __version__, **obj}, indent=2) + "\n"
 
 
 def err(message: str) -> None:
@@ -111,29 +135,33 @@ def fail(status: Exit, message: str) -> typer.Exit:
     return typer.Exit(int(status))
 
 
-def resolve_image(image: Path | None, sample: bool | None) -> str:
+def resolve_image(image: list[Path] | None, sample: bool | None) -> list[str]:
     """sample None: the command has no --sample."""
     if sample:
         from sadump.sample import sample_image_path
 
         path = sample_image_path()
         err(f"using the bundled sample image {path}")
-        return str(path)
-    if image is None:
+        return [str(path)]
+    if not image:
         raise fail(Exit.USAGE, "missing SOURCE" if sample is None else
                    "missing IMAGE (or --sample for the bundled sample image)")
-    return str(image)
+    return [str(p) for p in image]
 
 
-def open_analysis(image: Path | None, sample: bool | None, input_format: InputFormatName | None):
+def open_analysis(image: list[Path] | None, sample: bool | None,
+                  input_format: InputFormatName | None, block_size: int | None = None):
     from sadump.analysis import analyse
     from sadump.libc import reuse_block_memory
 
     reuse_block_memory()  # every command reads MiB blocks: no fresh pages for each one
 
-    path = resolve_image(image, sample)
+    paths = resolve_image(image, sample)
+    if block_size is not None and block_size not in (512, 1024, 2048, 4096):
+        raise fail(Exit.USAGE, f"--block-size {block_size}: a device block size of 512, 1024, "
+                   "2048 or 4096 bytes")
     try:
-        return analyse(path, input_format.value if input_format else None)
+        return analyse(paths, input_format.value if input_format else None, block_size)
     except (SadumpError, ImageChanged) as e:
         raise fail(Exit.IMAGE_ERROR, str(e)) from None
 
@@ -144,16 +172,17 @@ def inspect_meminfo(
     json_out: JsonOpt = False,
     input_format: InputFormat = None,
     sample: SampleOpt = False,
+    block_size: BlockSizeOpt = None,
 ) -> None:
     """Find, decode and validate os_info (the 2011 design's meminfo); say what a trigger would do."""
     from sadump import report
 
-    analysis = open_analysis(image, sample, input_format)
+    analysis = open_analysis(image, sample, input_format, block_size)
     try:
         for w in analysis.warnings:
             err(f"warning: {w}")
         if json_out:
-            write_stdout(json.dumps(report.analysis_json(analysis), indent=2) + "\n")
+            write_stdout(json_text(report.analysis_json(analysis)))
         else:
             from rich.console import Console
 
@@ -169,9 +198,11 @@ def inspect_meminfo(
 # optional to typer (the command says "missing SOURCE"): typer's "[required]" would pull
 # rich into plain --help
 SourceArg = Annotated[
-    Path | None,
-    typer.Argument(help="memory image or vmcore: raw, ELF core, s390 dump, kdump-compressed "
-                   "(flat too), sadump's own output", metavar="SOURCE", show_default=False),
+    list[Path] | None,
+    typer.Argument(help="memory image or vmcore: raw, ELF core, s390 dump (classic, s390_ext, "
+                   "tape), kdump-compressed (flat too), sadump's own output; several files: "
+                   "the volumes of one multi-volume dump", metavar="SOURCE...",
+                   show_default=False),
 ]
 
 
@@ -201,6 +232,7 @@ def dmesg(
         "--since-boot-seconds", metavar="X",
         help="only records logged X seconds after boot or later")] = None,
     input_format: InputFormat = None,
+    block_size: BlockSizeOpt = None,
 ) -> None:
     """Print the crashed kernel's log, found through VMCOREINFO (makedumpfile --dump-dmesg)."""
     from sadump import crashinfo
@@ -208,7 +240,7 @@ def dmesg(
 
     if since is not None and not math.isfinite(since):
         raise fail(Exit.USAGE, f"--since-boot-seconds {since}: not a number of seconds")
-    analysis = open_analysis(source, None, input_format)
+    analysis = open_analysis(source, None, input_format, block_size)
     try:
         try:
             log = printk.read_kernel_log(analysis.kernel_memory, analysis.vmcoreinfo.info)
@@ -220,8 +252,7 @@ def dmesg(
         for w in analysis.warnings + log.warnings:
             err(f"warning: {w}")
         if json_out:
-            write_stdout(json.dumps(crashinfo.dmesg_json(analysis, log, records), indent=2)
-                         + "\n")
+            write_stdout(json_text(crashinfo.dmesg_json(analysis, log, records)))
         else:
             write_stdout("".join(r.line() + "\n" for r in records))
     finally:
@@ -229,17 +260,18 @@ def dmesg(
 
 
 @app.command("info")
-def info(source: SourceArg = None, json_out: JsonOpt = False, input_format: InputFormat = None) -> None:
+def info(source: SourceArg = None, json_out: JsonOpt = False, input_format: InputFormat = None,
+         block_size: BlockSizeOpt = None) -> None:
     """What crashed: kernel, crash time, CPUs and PSWs, memory, os_info, decision, last words."""
     from sadump import crashinfo
 
-    analysis = open_analysis(source, None, input_format)
+    analysis = open_analysis(source, None, input_format, block_size)
     try:
         ci = crashinfo.crash_info(analysis)
         for w in analysis.warnings + ci.warnings:
             err(f"warning: {w}")
         if json_out:
-            write_stdout(json.dumps(crashinfo.info_json(analysis, ci), indent=2) + "\n")
+            write_stdout(json_text(crashinfo.info_json(analysis, ci)))
         elif sys.stdout.isatty():  # the class table with rich bars
             from rich.console import Console
 
@@ -291,6 +323,7 @@ def ps(
     states: StatesOpt = None,
     btf: BtfOpt = None,
     input_format: InputFormat = None,
+    block_size: BlockSizeOpt = None,
 ) -> None:
     """Every task of the image (threads, kernel threads and idle tasks too), as ps -eL
     shows them; > marks the tasks running on a CPU. Needs the kernel's BTF.
@@ -299,14 +332,14 @@ def ps(
     from sadump import task_report
 
     check_states(states)
-    analysis = open_analysis(source, None, input_format)
+    analysis = open_analysis(source, None, input_format, block_size)
     try:
         tl = task_list(analysis, btf)
         for w in analysis.warnings + tl.warnings:
             err(f"warning: {w}")
         shown = task_report.select(tl.tasks, states=states, sysrq=False)
         if json_out:
-            write_stdout(json.dumps(task_report.ps_json(shown), indent=2) + "\n")
+            write_stdout(json_text(task_report.ps_json(shown)))
         else:
             write_stdout("\n".join(task_report.ps_lines(tl, shown)) + "\n")
     finally:
@@ -326,6 +359,7 @@ def bt(
                                         "them")] = False,
     btf: BtfOpt = None,
     input_format: InputFormat = None,
+    block_size: BlockSizeOpt = None,
 ) -> None:
     """Every CPU's backtrace from the image alone (kallsyms, no vmlinux); with --pid,
     --state or --all the tasks' backtraces instead (needs the kernel's BTF).
@@ -337,9 +371,9 @@ def bt(
         if cpu is not None:
             raise fail(Exit.USAGE, "--cpu: not with --pid, --state or --all")
         check_states(states)
-        task_bt(source, json_out, pid, states, every, btf, input_format)
+        task_bt(source, json_out, pid, states, every, btf, input_format, block_size)
         return
-    analysis = open_analysis(source, None, input_format)
+    analysis = open_analysis(source, None, input_format, block_size)
     try:
         result = backtrace_report.analysis_backtraces(analysis, cpu)
         if cpu is not None and not result.cpus:
@@ -350,7 +384,7 @@ def bt(
         for w in analysis.warnings + result.warnings:
             err(f"warning: {w}")
         if json_out:
-            write_stdout(json.dumps(backtrace_report.backtraces_json(result), indent=2) + "\n")
+            write_stdout(json_text(backtrace_report.backtraces_json(result)))
         else:
             write_stdout("\n".join(backtrace_report.text_lines(result)) + "\n")
     finally:
@@ -358,10 +392,10 @@ def bt(
 
 
 def task_bt(source, json_out: bool, pid: int | None, states: str | None, every: bool,
-            btf: Path | None, input_format) -> None:
+            btf: Path | None, input_format, block_size: int | None) -> None:
     from sadump import task_report
 
-    analysis = open_analysis(source, None, input_format)
+    analysis = open_analysis(source, None, input_format, block_size)
     try:
         tl = task_list(analysis, btf)
         chosen = task_report.select(tl.tasks, pid, states, every)
@@ -373,7 +407,7 @@ def task_bt(source, json_out: bool, pid: int | None, states: str | None, every: 
         for w in analysis.warnings + tl.warnings + warnings + traces.warnings:
             err(f"warning: {w}")
         if json_out:
-            write_stdout(json.dumps(task_report.traces_json(traces), indent=2) + "\n")
+            write_stdout(json_text(task_report.traces_json(traces)))
         else:
             write_stdout("\n".join(task_report.text_lines(traces)) + "\n")
     finally:
@@ -401,13 +435,13 @@ def kernel_types(analysis, btf_file: Path | None):
 
 @app.command("modules")
 def modules(source: SourceArg = None, json_out: JsonOpt = False, btf: BtfOpt = None,
-            input_format: InputFormat = None) -> None:
+            input_format: InputFormat = None, block_size: BlockSizeOpt = None) -> None:
     """The loaded modules as /proc/modules lists them (kallsyms and the kernel's BTF).
 
     Exit: 0 listed; 4 image, symbols or module list unreadable; 7 no BTF (give --btf FILE)."""
     from sadump.kernel.modules import ModuleError, read_modules
 
-    analysis = open_analysis(source, None, input_format)
+    analysis = open_analysis(source, None, input_format, block_size)
     try:
         symbols, types = kernel_types(analysis, btf)
         try:
@@ -420,7 +454,7 @@ def modules(source: SourceArg = None, json_out: JsonOpt = False, btf: BtfOpt = N
             rows = [{"name": m.name, "size": m.size, "state": m.state_name,
                      "address": m.address, "refcount": m.refcount, "used_by": m.used_by,
                      "taints": m.flags()} for m in found]
-            write_stdout(json.dumps({"modules": rows}, indent=2) + "\n")
+            write_stdout(json_text({"modules": rows}))
         else:
             write_stdout("".join(m.proc_line() + "\n" for m in found))
     finally:
@@ -501,6 +535,7 @@ def dump(
         "--json", help="one JSON summary on stdout (on stderr with -o -)")] = False,
     input_format: InputFormat = None,
     sample: SampleOpt = False,
+    block_size: BlockSizeOpt = None,
 ) -> None:
     """Write the vmcore the kdump kernel would have written, or a full dump, and say why.
 
@@ -521,7 +556,7 @@ def dump(
                              output == "-", verify.value if verify else None)
     target = output or ("dump.s390" if fmt == "s390" else "vmcore.flat" if flatten
                         else "vmcore")
-    analysis = open_analysis(image, sample, input_format)
+    analysis = open_analysis(image, sample, input_format, block_size)
     try:
         for w in analysis.warnings:
             err(f"warning: {w}")
@@ -551,9 +586,9 @@ def dump(
             raise fail(Exit.IMAGE_ERROR, str(e)) from None
         err(summary_line(plan, result))
         if json_out and target == "-":  # stdout holds the dump
-            print(json.dumps(summary_json(plan, result), indent=2), file=sys.stderr)
+            print(json_text(summary_json(plan, result)), end="", file=sys.stderr)
         elif json_out:
-            write_stdout(json.dumps(summary_json(plan, result), indent=2) + "\n")
+            write_stdout(json_text(summary_json(plan, result)))
     finally:
         analysis.close()
     status = Exit.FULL_DUMP if path == FULL and mode == "auto" else Exit.OK

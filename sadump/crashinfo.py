@@ -207,6 +207,8 @@ def info_json(analysis: Analysis, ci: CrashInfo) -> dict[str, Any]:
     mem = analysis.memory
     return {
         "source": source_json(analysis),
+        "dumper": report.dumper_json(analysis.image),
+        "incomplete": analysis.image.incomplete,
         "osrelease": ci.osrelease,
         "crashtime": ci.crashtime,
         "crashtime_utc": utc(ci.crashtime),
@@ -237,6 +239,7 @@ def info_lines(analysis: Analysis, ci: CrashInfo, with_classes: bool = True,
     m, mem = analysis.os_info, analysis.memory
     v = analysis.vmcoreinfo
     out = [f"{analysis.image.path}: {analysis.image.format}"]
+    out += report.dumper_lines(analysis.image)
     if v.info:
         out.append(f"kernel       {ci.osrelease or '-'} (VMCOREINFO from {v.source})")
     else:

@@ -245,10 +245,13 @@ def plan_dump(analysis: Analysis, path: str, fmt: str = "elf", options=None,
     if path not in ("kdump", "full"):
         raise ValueError(path)
     fmt_writer = writer(fmt)  # an unknown format fails before any work
-    if analysis.image.incomplete:
-        # a vmcore has no way to say it is incomplete: refuse rather than write one that lies
-        raise SadumpError(f"the image is incomplete ({analysis.image.incomplete})")
     segs, excluded, warnings = memory_segments(analysis, path)
+    if analysis.image.incomplete:
+        # what the input holds is written; the output says it is incomplete where its format
+        # can (kdump: the header's INCOMPLETE flag; s390: no end marker); ELF has no such flag
+        warnings.append("the input is incomplete: written as far as it goes" + (
+            ", and an ELF core cannot say so: keep this message" if fmt == "elf"
+            else ", marked incomplete"))
     if not [s for s in segs if s.what == "memory"]:
         raise SadumpError("the image holds no memory to dump")
     check_claim(analysis, segs, fmt)
@@ -322,6 +325,7 @@ def summary_json(plan: DumpPlan, result: WriteResult) -> dict:
         },
         "cpus": {"count": len(plan.cpus.cpus), "source": plan.cpus.source},
         "vmcoreinfo": any(n.name == "VMCOREINFO" for n in plan.notes),
+        "incomplete": plan.analysis.image.incomplete,
         "warnings": [*plan.analysis.warnings, *plan.warnings],
     }
 

@@ -27,6 +27,80 @@ def image_json(a: Analysis) -> dict[str, Any]:
     }
 
 
+def _utc(tod: int | None) -> str | None:
+    if tod is None:
+        return None
+    import datetime
+
+    from sadump.formats.s390 import tod_to_unix
+
+    try:
+        return datetime.datetime.fromtimestamp(tod_to_unix(tod), datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def dumper_json(img) -> dict[str, Any] | None:
+    """The dump's own facts as the dumper recorded them (None: the format records none)."""
+    d = img.dumper
+    if d is None:
+        return None
+    return {"format": d.format, "version": d.version,
+            "start_tod": d.start_tod, "start_utc": _utc(d.start_tod),
+            "end_tod": d.end_tod, "end_utc": _utc(d.end_tod),
+            "cpu_id": d.cpu_id, "cpus": d.cpu_count, "real_cpus": d.real_cpu_count,
+            "mem_size": d.mem_size, "mem_size_real": d.mem_size_real,
+            "compression": d.compression, "volumes": d.volumes, "block_size": d.block_size,
+            "complete": img.incomplete is None, "incomplete": img.incomplete}
+
+
+def _size_pair(part: int, whole: int) -> str:
+    """"512 of 2048 GiB": the unit both are whole numbers of."""
+    for unit, name in ((1 << 30, "GiB"), (1 << 20, "MiB")):
+        if part % unit == 0 and whole % unit == 0:
+            return f"{part // unit} of {whole // unit} {name}"
+    return f"{part / (1 << 20):.1f} of {whole / (1 << 20):.1f} MiB"
+
+
+def dumper_lines(img) -> list[str]:
+    """The dumper's facts as report lines (empty when the format records none)."""
+    d = img.dumper
+    if d is None:
+        return []
+    what = [f"{d.format}" + (f" version {d.version}" if d.version is not None else ""),
+            d.compression or "not compressed"]
+    if d.volumes is not None:
+        what.append(f"{d.volumes} volume{'s' if d.volumes != 1 else ''}")
+    if d.block_size:
+        what.append(f"{d.block_size}-byte blocks")
+    out = ["dumper       " + ", ".join(what)]
+    if d.start_tod is not None:
+        line = f"  started    {_utc(d.start_tod) or '-'} (TOD {d.start_tod:#018x})"
+        if d.end_tod is not None:
+            secs = ((d.end_tod - d.start_tod) >> 12) / 1e6
+            line += f", ended {_utc(d.end_tod) or '-'} ({secs:.1f} s later)"
+        out.append(line)
+    cpus = []
+    if d.cpu_id is not None:
+        cpus.append(f"dumping CPU id {d.cpu_id:#x}")
+    if d.cpu_count is not None:
+        cpus.append(f"{d.cpu_count} CPUs" + (f" ({d.real_cpu_count} answered SIGP)"
+                                              if d.real_cpu_count is not None else ""))
+    if cpus:
+        out.append("  CPUs       " + "; ".join(cpus))
+    if d.mem_size is not None:
+        real = d.mem_size_real or d.mem_size
+        out.append(f"  memory     the dump holds {_size_pair(d.mem_size, real)} of the "
+                   "machine's memory")
+    markers = {"s390_ext": " (stop marker and end marker present)",
+               "s390mv_ext": " (stop marker and end marker present)",
+               "s390": " (end marker present)", "s390tape": " (end marker present)"}
+    out.append("  complete   " + (f"yes{markers.get(d.format, '')}" if img.incomplete is None
+                                  else f"NO: {img.incomplete}"))
+    return out
+
+
 def meminfo_json(a: Analysis) -> dict[str, Any]:
     m = a.os_info
     return {
@@ -85,6 +159,7 @@ def analysis_json(a: Analysis) -> dict[str, Any]:
     lc = a.lowcore
     return {
         "image": image_json(a),
+        "dumper": dumper_json(a.image),
         "lowcore": {"ipib": lc.ipib, "ipib_checksum": lc.ipib_checksum,
                     "vmcore_info": lc.vmcore_info, "os_info": lc.os_info,
                     "error": lc.error or None},
@@ -142,6 +217,8 @@ def render_inspect(a: Analysis, console) -> None:
                   f"{len(img.ranges())} range(s): "
                   + ", ".join(f"[{s:#x}, {e:#x})" for s, e in img.ranges()[:4])
                   + (" ..." if len(img.ranges()) > 4 else ""))
+    for line in dumper_lines(img):
+        console.print(line, markup=False)
     if a.handoff:
         console.print(f"[yellow]image taken after the hand-off to kdump[/]: the crashed system's "
                       f"[0, {a.handoff.oldmem_size:#x}) is read from {a.handoff.oldmem_base:#x}")

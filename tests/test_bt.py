@@ -151,7 +151,7 @@ def test_proc_vmcore(real_file, real_text):
         {"mask": 0x0400C00180000000, "addr": 0x10EDC0},
         {"mask": 0x0400C00180000000, "addr": 0x11152C}]
     # the issue's JSON shape, exactly
-    assert list(doc) == ["cpus"]
+    assert list(doc) == ["sadump_version", "cpus"]  # every --json leads with it (issue 18)
     assert all(list(c) == ["cpu", "prefix", "pid", "psw", "frames"] for c in doc["cpus"])
     assert all(list(f) == ["pc", "symbol", "offset", "size", "sp", "stack", "reliable"]
                for c in doc["cpus"] for f in c["frames"])

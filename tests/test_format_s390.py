@@ -124,7 +124,8 @@ def test_probe_and_open_image(tmp_path):
     path = write_dump(tmp_path / "d.s390")
     head = Path(path).read_bytes()[:4096]
     assert S390Dump.probe(head)
-    assert S390Dump.probe(bytes.fromhex("A8190173618F23FE") + bytes(8))
+    # …FE belongs to the readers of sadump.formats.s390_ext (s390_ext, s390mv_ext, tape)
+    assert not S390Dump.probe(bytes.fromhex("A8190173618F23FE") + bytes(8))
     assert not S390Dump.probe(b"\x7fELF" + bytes(60))
     assert not S390Dump.probe(b"")
     with open_image(path) as d:
@@ -195,9 +196,10 @@ def test_end_tod_before_header_tod(tmp_path):
 
 
 # ---- bad headers ------------------------------------------------------------------------
-def test_s390_ext_refused(tmp_path):
+def test_s390_ext_magic_sent_to_its_own_readers(tmp_path):
+    """The classic reader asked to read a …FE file says which readers take it."""
     path = write_dump(tmp_path / "e.s390", header=patched_header(magic=0xA8190173618F23FE))
-    msg = one_line_error(path, "s390_ext \\(compressed DASD\\) dumps are not supported")
+    msg = one_line_error(path, "read it as s390_ext, s390mv_ext or tape")
     assert path in msg
 
 
@@ -257,3 +259,13 @@ def test_mutated_headers_never_crash(tmp_path):
         with d:
             for start, end in d.ranges():
                 d.read(start, min(end - start, 4096))
+
+
+def test_dumper_facts(tmp_path):
+    """The classic header's own facts, for inspect-meminfo and info."""
+    path = write_dump(tmp_path / "d.s390")
+    with S390Dump(path) as d:
+        f = d.dumper
+        assert (f.format, f.version, f.start_tod, f.end_tod) == ("s390", 5, TOD, TOD + (5 << 32))
+        assert (f.cpu_id, f.cpu_count, f.mem_size) == (0xFF00012345678000, 2, len(MEM))
+        assert f.compression is None

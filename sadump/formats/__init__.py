@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import importlib
+import os
+from collections.abc import Sequence
 
 from sadump.errors import ImageError
 from sadump.formats.memory import PhysicalMemory
 
 #: probe order: name -> (module, class). Each class has `probe(head: bytes) -> bool`.
 READERS: dict[str, tuple[str, str]] = {
+    "s390mv_ext": ("sadump.formats.s390_ext", "S390MvDump"),
+    "s390_ext": ("sadump.formats.s390_ext", "S390ExtDump"),
+    "s390tape": ("sadump.formats.s390_ext", "S390TapeDump"),
     "s390": ("sadump.formats.s390", "S390Dump"),
     "vmdump": ("sadump.formats.vmdump", "VmDump"),
     "kdump": ("sadump.formats.kdump", "KdumpFile"),
@@ -18,7 +23,8 @@ READERS: dict[str, tuple[str, str]] = {
     "raw": ("sadump.formats.raw", "RawImage"),
 }
 
-PROBE_BYTES = 4096
+#: enough for an s390_ext segment header and a whole volume's multi-volume parameter table
+PROBE_BYTES = 0x8000
 
 
 def reader_class(name: str):
@@ -26,8 +32,7 @@ def reader_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def open_image(path: str, input_format: str | None = None) -> PhysicalMemory:
-    """Open path with the named reader, or the first whose magic matches."""
+def _head(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             head = f.read(PROBE_BYTES)
@@ -37,15 +42,40 @@ def open_image(path: str, input_format: str | None = None) -> PhysicalMemory:
         raise ImageError(f"{path}: cannot open: {e.strerror or e}") from None
     if not head:
         raise ImageError(f"{path}: empty file")
-    if input_format is not None:
-        if input_format not in READERS:
-            raise ImageError(
-                f"unknown input format {input_format!r}; known: {', '.join(READERS)}"
-            )
-        return reader_class(input_format)(path)
+    return head
+
+
+def probe(path: str, head: bytes | None = None) -> str:
+    """The name of the first reader whose magic matches the file."""
+    head = _head(path) if head is None else head
     for name in READERS:
-        cls = reader_class(name)
-        if cls.probe(head):
-            return cls(path)
+        if reader_class(name).probe(head):
+            return name
     raise ImageError(f"{path}: no reader recognises it")  # pragma: no cover - raw takes all
 
+
+def open_image(path: str | os.PathLike | Sequence, input_format: str | None = None,
+               block_size: int | None = None) -> PhysicalMemory:
+    """Open an image with the named reader, or the first whose magic matches. Several files
+    are the volumes of one multi-volume dump (in any order); block_size is the device block
+    size of an s390_ext dump (found from the file when None)."""
+    paths = [os.fspath(path)] if isinstance(path, (str, os.PathLike)) else \
+        [os.fspath(p) for p in path]
+    if not paths:
+        raise ImageError("no image given")
+    if input_format is not None and input_format not in READERS:
+        raise ImageError(f"unknown input format {input_format!r}; known: {', '.join(READERS)}")
+    heads = [_head(p) for p in paths]
+    names = [input_format or probe(p, h) for p, h in zip(paths, heads, strict=True)]
+    if len(paths) > 1 or names[0] == "s390mv_ext":
+        for p, n in zip(paths, names, strict=True):
+            if n != "s390mv_ext":
+                raise ImageError(f"{p}: is {n}, not a volume of a multi-volume dump: give "
+                                 "several files only for the volumes of one zipl -M dump")
+        return reader_class("s390mv_ext")(paths)
+    if block_size is not None:
+        if names[0] != "s390_ext":
+            raise ImageError(f"{paths[0]}: --block-size is for s390_ext dumps; this is "
+                             f"{names[0]}")
+        return reader_class(names[0])(paths[0], block_size=block_size)
+    return reader_class(names[0])(paths[0])

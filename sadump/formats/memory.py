@@ -278,6 +278,12 @@ class PhysicalMemory(ABC):
         """Describe [start, end) (present memory) as extents; default: all "data"."""
         yield Extent(start, end - start, "data")
 
+    def ahead(self, extents: Iterator[Extent]) -> Iterator[Extent]:
+        """extents, as a reader that reads each "data" extent it yields would go through
+        them: a reader that decodes its data (s390_ext) starts on the next ones here, on
+        other cores. Default: as they are."""
+        return extents
+
     def recorded_ranges(self):
         """Memory the input says the system had, dumped or left out (a kdump-compressed
         file's 1st bitmap, as byte ranges); None: the same as ranges() (other formats)."""

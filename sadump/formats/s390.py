@@ -13,7 +13,7 @@ from construct import Array, Bytes, Default, Int8ub, Int16ub, Int32ub, Int64ub, 
 
 from sadump.constants import MAX_PHYS_ADDR
 from sadump.errors import ImageError
-from sadump.formats.memory import Extent, FileImage, file_extents
+from sadump.formats.memory import DumperFacts, Extent, FileImage, file_extents
 
 S390_MAGIC = 0xA8190173618F23FD
 S390_EXT_MAGIC = 0xA8190173618F23FE
@@ -119,8 +119,8 @@ class S390Dump(FileImage):
 
     @staticmethod
     def probe(head: bytes) -> bool:
-        # s390_ext is claimed too, only to refuse it with a clear message.
-        return int.from_bytes(head[:8], "big") in (S390_MAGIC, S390_EXT_MAGIC)
+        # s390_ext and tape copies (…FE) have readers of their own (sadump.formats.s390_ext)
+        return int.from_bytes(head[:8], "big") == S390_MAGIC
 
     def _load(self) -> None:
         size = self.file_size
@@ -128,7 +128,8 @@ class S390Dump(FileImage):
             raise ImageError(f"file is {size} bytes, too short for an s390 dump")
         magic = int.from_bytes(self._read_file(0, 8), "big")
         if magic == S390_EXT_MAGIC:
-            raise ImageError("s390_ext (compressed DASD) dumps are not supported")
+            raise ImageError("an s390_ext dump (…FE magic): read it as s390_ext, s390mv_ext "
+                             "or tape")
         if magic != S390_MAGIC:
             raise ImageError(f"not an s390 dump: magic {magic:#018x}")
         if size < HDR_SIZE:
@@ -185,6 +186,11 @@ class S390Dump(FileImage):
         if self.incomplete:
             self.warnings.append(f"incomplete dump: {self.incomplete}")
         self._held = held
+        self.dumper = DumperFacts(format="s390", version=h.version, start_tod=h.tod,
+                                  end_tod=self.end_tod, cpu_id=h.cpu_id, cpu_count=cpu_cnt,
+                                  real_cpu_count=h.real_cpu_cnt if cpu_cnt else None,
+                                  mem_size=mem_size, mem_size_real=h.mem_size_real or None,
+                                  volumes=1)
         self._set_ranges([(0, held)])
 
     def _check_end_marker(self, size: int, mem_size: int, held: int) -> str | None:

@@ -61,7 +61,7 @@ def memory_blocks(mem: PhysicalMemory, start: int, end: int,
     "zero" blocks at multiples of it."""
     reuse_block_memory()
     patches = [p for p in patches if p[0] < end and p[0] + len(p[1]) > start]
-    for ext in mem.extents(start, end):
+    for ext in mem.ahead(mem.extents(start, end)):  # every "data" extent is read below
         lo, hi = max(ext.paddr, start), min(ext.paddr + ext.size, end)
         for a, b, over in _cuts(lo, hi, patches):
             if ext.kind == "zero" and not over:

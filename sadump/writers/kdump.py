@@ -380,7 +380,7 @@ def write(plan, lay: KdumpLayout, sink) -> None:
     out = _FlatOut(sink) if lay.flatten else _PlainOut(sink)
     back = None
     try:
-        out.put(0, lay.header())
+        out.put(0, lay.header(incomplete=bool(plan.analysis.image.incomplete)))  # the input's own
         out.put(PAGE_SIZE, lay.sub_block)
         first = PAGE_SIZE + len(lay.sub_block)
         for off, present, dumped in _bitmaps(lay):
@@ -398,7 +398,8 @@ def write(plan, lay: KdumpLayout, sink) -> None:
         if not lay.flatten:
             os.ftruncate(sink.fd, lay.data_end)
         if lay.verify != "none" and not lay.flatten:
-            verify.check_file(sink.tmp, lay.runs, lay.status)
+            verify.check_file(sink.tmp, lay.runs, lay.status | (
+                DUMP_DH_COMPRESSED_INCOMPLETE if plan.analysis.image.incomplete else 0))
         lay.verified = {
             "memory": "each compressed page decoded again and compared with its source",
             "file": "read back from the file" if not lay.flatten

@@ -65,8 +65,9 @@ def layout(plan, options=None) -> S390Layout:
     mem_size = max(s.end for s in segments)
     warnings: list[str] = []
     patches = _patches(plan, segments, warnings)
-    size = HDR_SIZE + mem_size + EM_SIZE
-    return S390Layout(size, need_bytes(plan, segments, size, HDR_SIZE + EM_SIZE),
+    em = 0 if plan.analysis.image.incomplete else EM_SIZE  # no end marker: incomplete
+    size = HDR_SIZE + mem_size + em
+    return S390Layout(size, need_bytes(plan, segments, size, HDR_SIZE + em),
                       [(s, HDR_SIZE + s.paddr) for s in segments], warnings,
                       mem_size=mem_size, patches=patches)
 
@@ -82,4 +83,6 @@ def write(plan, lay: S390Layout, sink: Sink) -> None:
             sink.zeros(HDR_SIZE + pos, seg.paddr - pos)
         write_memory(sink, plan.memory, seg.paddr, seg.end, off, lay.patches)
         pos = seg.end
-    sink.data(HDR_SIZE + lay.mem_size, build_end_marker(max(tod, unix_to_tod(time.time()))))
+    if not plan.analysis.image.incomplete:  # an incomplete input's dump has no end marker either
+        sink.data(HDR_SIZE + lay.mem_size,
+                  build_end_marker(max(tod, unix_to_tod(time.time()))))

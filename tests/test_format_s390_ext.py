@@ -1,0 +1,338 @@
+"""s390_ext (zipl -d dump partitions): built from the spec by tests/fixtures/sa_dumps.py, and the
+real dump of ../shared/real/sa."""
+
+from __future__ import annotations
+
+import random
+import struct
+from pathlib import Path
+
+import pytest
+
+from sadump.errors import ImageError
+from sadump.formats import open_image
+from tests.fixtures import sa_dumps as sa
+from tests.fixtures.sa_dumps import MIB
+
+
+def mib_of(seed: int) -> bytes:
+    """A compressible MiB that differs by seed (text-like, as kernel memory mostly is)."""
+    r = random.Random(seed)
+    words = [r.randbytes(r.randrange(2, 12)) for _ in range(64)]
+    out = bytearray()
+    while len(out) < MIB:
+        out += r.choice(words)
+    return bytes(out[:MIB])
+
+
+MEM = {0: mib_of(0), 1 * MIB: mib_of(1), 2 * MIB: mib_of(2), 7 * MIB: mib_of(7),
+       8 * MIB: mib_of(8), 20 * MIB: mib_of(20)}
+SIZE = 32 * MIB
+
+
+def expected(addr: int, n: int) -> bytes:
+    out = bytearray()
+    for a in range(addr, addr + n):
+        base = a // MIB * MIB
+        out.append(MEM[base][a - base] if base in MEM else 0)
+    return bytes(out)
+
+
+def read_all(mem) -> dict[int, bytes]:
+    return {a: mem.read(a, MIB) for a in range(0, SIZE, MIB)}
+
+
+def check_memory(mem) -> None:
+    got = read_all(mem)
+    for a, data in got.items():
+        assert data == MEM.get(a, bytes(MIB)), hex(a)
+
+
+@pytest.mark.parametrize("block", [4096, 512])
+@pytest.mark.parametrize("compress", [True, False])
+def test_reads_back_every_mib(tmp_path, block, compress):
+    path = sa.write_ext(tmp_path / "d.s390", MEM, SIZE, block=block, compress=compress,
+                        zlib_flag=int(compress))
+    with open_image(path) as mem:
+        assert mem.format == "s390_ext"
+        assert mem.ranges() == [(0, SIZE)] and mem.incomplete is None
+        check_memory(mem)
+        assert mem.read(2 * MIB - 10, 20) == expected(2 * MIB - 10, 20)  # across entries
+        assert mem.cpu_prefixes == [0x10000, 0x12000]
+        d = mem.dumper
+        assert (d.format, d.version, d.start_tod, d.end_tod) == ("s390_ext", 2, sa.TOD,
+                                                                 sa.END_TOD)
+        assert (d.mem_size, d.cpu_count, d.cpu_id) == (SIZE, 2, 0x85618000)
+        assert d.compression == ("zlib" if compress else None)
+        assert d.block_size == (block if compress else None)
+        kinds = {(e.paddr, e.kind) for e in mem.extents(0, SIZE)}
+        assert (3 * MIB, "zero") in kinds  # the skipped MiBs are holes, never read
+        assert ((7 * MIB, "data") in kinds) == compress
+
+
+def test_block_size_given_and_wrong(tmp_path):
+    path = sa.write_ext(tmp_path / "d.s390", MEM, SIZE, block=512)
+    with open_image([path], block_size=512) as mem:
+        check_memory(mem)
+    with open_image([path], block_size=4096) as mem:  # the chain breaks after segment 1
+        assert "no stop marker" in mem.incomplete
+        assert mem.ranges()[-1][1] <= 3 * MIB  # what follows segment 1 is lost
+
+
+def test_raw_entries_with_bit_31(tmp_path):
+    path = sa.write_ext(tmp_path / "d.s390", MEM, SIZE, raw_entries=((2, 1), (3, 0)))
+    raw = Path(path).read_bytes()
+    seg = raw.index(struct.pack(">QQ", 7 * MIB, 2 * MIB))  # the segment of 7-8 MiB
+    assert struct.unpack_from(">I", raw, seg + 0x34 + 4)[0] & 0x80000000
+    with open_image(path) as mem:
+        check_memory(mem)
+        kinds = {e.paddr: e.kind for e in mem.extents(0, SIZE)}
+        assert kinds[8 * MIB] == "file" and kinds[7 * MIB] == "data"
+
+
+def test_segments_split_at_the_entry_cap(tmp_path):
+    path = sa.write_ext(tmp_path / "d.s390", MEM, SIZE, cap=1)
+    with open_image(path) as mem:
+        check_memory(mem)
+
+
+def test_fba_zlib_flag_is_not_trusted(tmp_path):
+    path = sa.write_ext(tmp_path / "d.s390", MEM, SIZE, block=512, compress=False, zlib_flag=1)
+    with open_image(path) as mem:
+        check_memory(mem)
+        assert mem.dumper.compression is None
+        assert any("no segment is compressed" in w for w in mem.warnings)
+
+
+# ---- incomplete dumps: read as far as they go ----------------------------------------------
+@pytest.mark.parametrize("kw, why", [
+    ({"stop": False, "end": False}, "no stop marker"),
+    ({"end": False}, "no end marker"),
+    ({"end_tod": sa.TOD - 1}, "earlier than the header"),
+])
+def test_incomplete(tmp_path, kw, why):
+    path = sa.write_ext(tmp_path / "d.s390", MEM, SIZE, **kw)
+    with open_image(path) as mem:
+        assert why in mem.incomplete
+        assert any(why in w for w in mem.warnings)
+        for a in (0, 7 * MIB, 20 * MIB):
+            assert mem.read(a, MIB) == MEM[a]
+
+
+def test_cut_inside_a_segment(tmp_path):
+    data = sa.Ext(MEM, SIZE, compress=False).build()
+    cut = data.index(MEM[20 * MIB][:64]) + MIB // 2  # half of the last MiB is lost
+    (tmp_path / "d.s390").write_bytes(data[:cut])
+    with open_image(str(tmp_path / "d.s390")) as mem:
+        assert "inside segment" in mem.incomplete
+        assert mem.ranges() == [(0, 9 * MIB)]
+        assert mem.read(8 * MIB, MIB) == MEM[8 * MIB]
+
+
+# ---- damage and hostile fields: one line, bounded work ---------------------------------------
+def build_with(tmp_path, patch) -> str:
+    data = bytearray(sa.Ext(MEM, SIZE).build())
+    segs = [0x1000]
+    ext = sa.Ext(MEM, SIZE)
+    for s in ext.segments()[:-1]:
+        segs.append(segs[-1] + len(s))
+    patch(data, segs)
+    (tmp_path / "d.s390").write_bytes(bytes(data))
+    return str(tmp_path / "d.s390")
+
+
+def one_line(path, match, **kw):
+    with pytest.raises(ImageError, match=match) as ei, open_image(path, **kw) as mem:
+        read_all(mem)
+    assert "\n" not in str(ei.value)
+
+
+def test_chain_going_backwards(tmp_path):
+    one_line(build_with(tmp_path, lambda d, s: struct.pack_into(">Q", d, s[2], 0)),
+             "goes backwards or overlaps")
+
+
+def test_overlapping_segments(tmp_path):
+    one_line(build_with(tmp_path, lambda d, s: struct.pack_into(">Q", d, s[2], 2 * MIB)),
+             "goes backwards or overlaps")
+
+
+def test_entry_count_2_32(tmp_path):
+    one_line(build_with(tmp_path, lambda d, s: struct.pack_into(">I", d, s[1] + 0x30,
+                                                                0xFFFFFFFF)), "entry_count")
+
+
+def test_len_2_63(tmp_path):
+    one_line(build_with(tmp_path, lambda d, s: struct.pack_into(">Q", d, s[1] + 8, 1 << 63)),
+             "past the dump's memory size")
+
+
+def test_entry_offset_outside_the_segment(tmp_path):
+    one_line(build_with(tmp_path, lambda d, s: struct.pack_into(">I", d, s[1] + 0x34 + 4,
+                                                                0x7FFFFFFF)), "entry 1")
+
+
+def test_damaged_stream_names_segment_and_entry(tmp_path):
+    def smash(d, s):
+        body = s[1] + 4096
+        d[body + 100:body + 400] = bytes(300)
+    path = build_with(tmp_path, smash)
+    with open_image(path) as mem, pytest.raises(ImageError,
+                                                match=r"segment at memory 0x100000, entry 0"):
+            mem.read(MIB, MIB)
+
+
+def test_stream_inflating_past_its_entry(tmp_path):
+    from tests.fixtures.sa_dumps import seg_header
+    big = zlib_of(bytes(2 * MIB))
+    body = big + bytes(-len(big) % 4096)
+    data = (sa.header(4 * MIB) + seg_header(0, MIB, False) + bytes(MIB)
+            + seg_header(MIB, MIB, True, len(body) // 4096, [0]) + body + sa.end_marker())
+    (tmp_path / "d.s390").write_bytes(data)
+    with open_image(str(tmp_path / "d.s390")) as mem, pytest.raises(
+            ImageError, match="inflates past its 1 MiB entry"):
+            mem.read(MIB, 16)
+
+
+def zlib_of(b: bytes) -> bytes:
+    import zlib
+    return zlib.compress(b, 1)
+
+
+def test_not_a_dump_header_size(tmp_path):
+    path = sa.write_ext(tmp_path / "d.s390", MEM, SIZE, hdr={"prefixes": ()})
+    data = bytearray(Path(path).read_bytes())
+    struct.pack_into(">Q", data, 0x18, 1 << 63)  # mem_size 2^63
+    (tmp_path / "d.s390").write_bytes(bytes(data))
+    with pytest.raises(ImageError):
+        open_image(path)
+
+
+# ---- the real dump ---------------------------------------------------------------------------
+EXT = "sa/rimg-kdump.ext-zlib.s390"
+#: where the dumper stored status: each CPU's prefix page and its vector save areas
+STATUS_MIBS = {0x1000000, 0x1100000}
+
+
+def test_real_memory_page_for_page(real_file):
+    with open_image(str(real_file(EXT))) as mem, open(real_file("rimg-kdump.raw"), "rb") as raw:
+        assert mem.ranges() == [(0, 1 << 30)] and mem.incomplete is None
+        assert mem.dumper.block_size == 4096 and mem.dumper.compression == "zlib"
+        for a in range(0, 1 << 30, MIB):
+            want = raw.read(MIB)
+            got = mem.read(a, MIB)
+            if a in STATUS_MIBS:
+                continue  # compared below through the CPU states
+            assert got == want, hex(a)
+
+
+def real_cpus(path):
+    from sadump.analysis import analyse
+
+    a = analyse(path if isinstance(path, list) else str(path))
+    try:
+        found = a.cpus()
+        return found.source, {c.prefix: c for c in found.cpus}
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("name", [EXT])
+def test_real_registers_equal_qemus_notes(real_file, name):
+    """The dumper's store-status pages give each CPU of lc_vec the registers of QEMU's notes
+    (its clock comparator already >> 8 in sadump's CpuState, as the sa README says)."""
+    source, ours = real_cpus(real_file(name))
+    qsource, theirs = real_cpus(real_file("rimg-kdump.qemu.elf"))
+    assert (source, qsource) == ("save areas", "notes")
+    assert sorted(ours) == sorted(theirs) == [0x115A000, 0x115C000]
+    for prefix, cpu in ours.items():
+        q = theirs[prefix]
+        for f in ("psw_mask", "psw_addr", "gprs", "acrs", "fprs", "fpc", "timer", "todcmp",
+                  "todpreg", "ctrs", "prefix", "vxrs"):
+            assert getattr(cpu, f) == getattr(q, f), (hex(prefix), f)
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from sadump.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("name", [EXT])
+def test_real_bt_and_dmesg(real_file, name):
+    ours = cli("bt", real_file(name))
+    assert ours.exit_code == 0, ours.stderr
+    assert ours.stdout == cli("bt", real_file("rimg-kdump.qemu.elf")).stdout
+    assert "psw_idle_exit" in ours.stdout
+    dmesg = cli("dmesg", real_file(name))
+    assert dmesg.exit_code == 0 and dmesg.stdout == cli("dmesg", real_file("rimg-kdump.raw")).stdout
+
+
+def test_real_d31_kdump_bitmaps(real_file, tmp_path):
+    """On the kdump path the dump's -d 31 bitmaps are makedumpfile's of the same moment."""
+    from tests.test_dump_levels import kdump_parts
+
+    out = tmp_path / "d31.kdump"
+    res = cli("dump", real_file(EXT), "-d", "31", "--format", "kdump", "-o", out)
+    assert res.exit_code == 0, res.stderr
+    ours, theirs = kdump_parts(out), kdump_parts(real_file("filter/rimg-kdump.d31.bitmaps"))
+    assert ours["bitmap1"] == theirs["bitmap1"]
+    assert ours["bitmap2"] == theirs["bitmap2"]
+
+
+# ---- inflating ahead of a writer ------------------------------------------------------------
+def test_writer_reads_entries_inflated_ahead_on_the_pool(tmp_path, monkeypatch):
+    """memory_blocks (every writer's reader) gets the compressed entries from the pool that
+    inflates them ahead, never more than AHEAD at once, and leaves nothing in flight."""
+    import threading
+
+    from sadump.formats import s390_ext
+    from sadump.writers.blocks import memory_blocks
+
+    path = sa.write_ext(tmp_path / "d.s390", MEM, SIZE)
+    with open_image(path) as mem:
+        where, most = [], [0]
+        real = mem._inflate
+
+        def spy(key):
+            where.append(threading.current_thread().name)
+            most[0] = max(most[0], len(mem._pending))
+            return real(key)
+
+        monkeypatch.setattr(mem, "_inflate", spy)
+        got = {b.paddr: b for b in memory_blocks(mem, 0, SIZE)}
+        for a, data in MEM.items():
+            blk = got[a]
+            assert blk.kind == "data" or a == 0
+            if blk.kind == "data":
+                assert blk.data == data
+        assert where and all(w.startswith("inflate") for w in where)
+        assert len(where) == 5  # each compressed MiB once: 1, 2, 7, 8, 20
+        assert most[0] <= s390_ext.AHEAD and not mem._pending
+
+
+def test_zlib_alone_without_libdeflate(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "deflate", None)  # import deflate fails
+    path = sa.write_ext(tmp_path / "d.s390", MEM, SIZE)
+    with open_image(path) as mem:
+        check_memory(mem)
+
+
+def test_real_full_dump_notes_equal_qemus(real_file, tmp_path):
+    """What `sadump dump --mode full` writes from the compressed dump carries, per CPU, the
+    register notes QEMU wrote at the same moment (read back from the output's notes)."""
+    out = tmp_path / "full.elf"
+    res = cli("dump", real_file(EXT), "--mode", "full", "-o", out)
+    assert res.exit_code == 0, res.stderr
+    source, ours = real_cpus(out)
+    _, theirs = real_cpus(real_file("rimg-kdump.qemu.elf"))
+    assert source == "notes" and sorted(ours) == sorted(theirs)
+    for prefix, cpu in ours.items():
+        q = theirs[prefix]
+        for f in ("psw_mask", "psw_addr", "gprs", "acrs", "fprs", "fpc", "timer", "todcmp",
+                  "todpreg", "ctrs", "prefix", "vxrs"):
+            assert getattr(cpu, f) == getattr(q, f), (hex(prefix), f)
