@@ -193,8 +193,8 @@ CLAIM_FACTOR = 256
 def check_claim(analysis: Analysis, segs: list[Segment], fmt: str) -> None:
     """Refuse a dump sized by a header field instead of by what the file holds."""
     file_size = analysis.image.stored_bytes
-    if file_size is None:
-        return  # memory that no file describes: nothing to weigh
+    if file_size is None or analysis.image.records_skipped_memory:
+        return  # memory that no file describes, or that the format says was all zero
     memory = [s for s in segs if s.what == "memory"]
     claimed = max(s.end for s in memory) if fmt == "s390" else sum(s.size for s in memory)
     limit = CLAIM_FACTOR * file_size + GIB

@@ -336,3 +336,24 @@ def test_real_full_dump_notes_equal_qemus(real_file, tmp_path):
         for f in ("psw_mask", "psw_addr", "gprs", "acrs", "fprs", "fpc", "timer", "todcmp",
                   "todpreg", "ctrs", "prefix", "vxrs"):
             assert getattr(cpu, f) == getattr(q, f), (hex(prefix), f)
+
+
+# ---- a large machine, mostly zero ------------------------------------------------------------
+def test_large_mostly_zero_machine_is_dumped_not_refused(tmp_path):
+    """A 2 TiB LPAR of which 3 MiB were not zero: the dumper skipped the rest, so a 3 MiB
+    file truthfully describes 2 TiB; the full ELF dump keeps the skipped memory as holes."""
+    data = {0: bytes(range(256)) * 8192, 512 * MIB: b"\x5a" * MIB}
+    src = sa.write_ext(tmp_path / "big.s390", data, mem_size=2 << 40)
+    out = tmp_path / "big.elf"
+    res = cli("dump", src, "--mode", "full", "-o", out)
+    assert res.exit_code == 0, res.stderr
+    assert out.stat().st_size > 2 << 40  # the memory, plus headers
+    assert out.stat().st_blocks * 512 < 64 * MIB  # the skipped memory is holes
+    mem = open_image(str(out))
+    try:
+        assert mem.ranges() == [(0, 2 << 40)]
+        assert mem.read(512 * MIB, MIB) == b"\x5a" * MIB
+        assert mem.read(MIB, 4096) == data[0][MIB:MIB + 4096]
+        assert mem.read(1 << 40, 4096) == bytes(4096)
+    finally:
+        mem.close()

@@ -238,6 +238,10 @@ class PhysicalMemory(ABC):
 
     #: short format name: raw, elf, s390, kdump, kdump-flat
     format: str = "?"
+    #: the format itself records all-zero memory it skipped (s390_ext's MiBs between
+    #: segments): a small file can truthfully describe a large machine, so its memory is not
+    #: weighed against the file's size (dump_plan.check_claim), only against MAX_PHYS_ADDR
+    records_skipped_memory: bool = False
 
     def __init__(self, path: str):
         self.path = path

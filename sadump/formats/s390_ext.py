@@ -277,6 +277,8 @@ class SegmentedMemory(PhysicalMemory):
     compressed entries are inflated on demand (a few MiB cached) and ahead of a reader that
     goes in address order."""
 
+    records_skipped_memory = True
+
     def _init_pieces(self, pieces: list[Piece], fds: list[int], names: list[str],
                      present_end: int) -> None:
         self._pieces = pieces
