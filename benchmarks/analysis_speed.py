@@ -45,8 +45,8 @@ def median_seconds(fn, repeat: int) -> float:
 
 def real_rows(vmcore: Path, repeat: int) -> list[tuple[str, float, float | None]]:
     from sadump.analysis import analyse
-    from sadump.backtrace_report import analysis_backtraces, text_lines
     from sadump.kernel.kallsyms import decode
+    from sadump.render.backtraces import analysis_backtraces, text_lines
 
     analysis = analyse(str(vmcore))
     try:

@@ -175,7 +175,7 @@ def inspect_meminfo(
     block_size: BlockSizeOpt = None,
 ) -> None:
     """Find, decode and validate os_info (the 2011 design's meminfo); say what a trigger would do."""
-    from sadump import report
+    from sadump.render import report
 
     analysis = open_analysis(image, sample, input_format, block_size)
     try:
@@ -235,8 +235,8 @@ def dmesg(
     block_size: BlockSizeOpt = None,
 ) -> None:
     """Print the crashed kernel's log, found through VMCOREINFO (makedumpfile --dump-dmesg)."""
-    from sadump import crashinfo
     from sadump.kernel import printk
+    from sadump.render import crashinfo
 
     if since is not None and not math.isfinite(since):
         raise fail(Exit.USAGE, f"--since-boot-seconds {since}: not a number of seconds")
@@ -263,7 +263,7 @@ def dmesg(
 def info(source: SourceArg = None, json_out: JsonOpt = False, input_format: InputFormat = None,
          block_size: BlockSizeOpt = None) -> None:
     """What crashed: kernel, crash time, CPUs and PSWs, memory, os_info, decision, last words."""
-    from sadump import crashinfo
+    from sadump.render import crashinfo
 
     analysis = open_analysis(source, None, input_format, block_size)
     try:
@@ -275,7 +275,7 @@ def info(source: SourceArg = None, json_out: JsonOpt = False, input_format: Inpu
         elif sys.stdout.isatty():  # the class table with rich bars
             from rich.console import Console
 
-            from sadump.task_report import render_summary
+            from sadump.render.tasks import render_summary
 
             write_stdout("\n".join(crashinfo.info_lines(analysis, ci, False, False)) + "\n")
             with to_stdout():
@@ -298,11 +298,11 @@ StatesOpt = Annotated[
 
 def task_list(analysis, btf: Path | None):
     """The image's tasks, or one line and exit 7 (no BTF) / 4 (no task list)."""
-    from sadump import task_report
     from sadump.errors import NoBtfError
+    from sadump.render import tasks
 
     try:
-        return task_report.analysis_tasks(analysis, str(btf) if btf else None)
+        return tasks.analysis_tasks(analysis, str(btf) if btf else None)
     except NoBtfError as e:
         raise fail(Exit.NO_TYPES, f"{e}") from None
     except SadumpError as e:
@@ -310,7 +310,7 @@ def task_list(analysis, btf: Path | None):
 
 
 def check_states(states: str | None) -> None:
-    from sadump.task_report import bad_states
+    from sadump.render.tasks import bad_states
 
     if states is not None and (not states or bad_states(states)):
         raise fail(Exit.USAGE, f"--state {states!r}: letters of R S D T t X Z P I")
@@ -329,7 +329,7 @@ def ps(
     shows them; > marks the tasks running on a CPU. Needs the kernel's BTF.
 
     Exit: 0 listed; 4 image or task list unreadable; 7 no BTF (give --btf FILE)."""
-    from sadump import task_report
+    from sadump.render import tasks
 
     check_states(states)
     analysis = open_analysis(source, None, input_format, block_size)
@@ -337,11 +337,11 @@ def ps(
         tl = task_list(analysis, btf)
         for w in analysis.warnings + tl.warnings:
             err(f"warning: {w}")
-        shown = task_report.select(tl.tasks, states=states, sysrq=False)
+        shown = tasks.select(tl.tasks, states=states, sysrq=False)
         if json_out:
-            write_stdout(json_text(task_report.ps_json(shown)))
+            write_stdout(json_text(tasks.ps_json(shown)))
         else:
-            write_stdout("\n".join(task_report.ps_lines(tl, shown)) + "\n")
+            write_stdout("\n".join(tasks.ps_lines(tl, shown)) + "\n")
     finally:
         analysis.close()
 
@@ -365,7 +365,7 @@ def bt(
     --state or --all the tasks' backtraces instead (needs the kernel's BTF).
 
     Exit: 0 shown; 2 no such CPU or task; 4 image unreadable; 7 no BTF (give --btf FILE)."""
-    from sadump import backtrace_report
+    from sadump.render import backtraces
 
     if pid is not None or states is not None or every:
         if cpu is not None:
@@ -375,7 +375,7 @@ def bt(
         return
     analysis = open_analysis(source, None, input_format, block_size)
     try:
-        result = backtrace_report.analysis_backtraces(analysis, cpu)
+        result = backtraces.analysis_backtraces(analysis, cpu)
         if cpu is not None and not result.cpus:
             raise fail(Exit.USAGE, f"--cpu {cpu}: no such CPU in this image")
         if not result.cpus:
@@ -384,32 +384,32 @@ def bt(
         for w in analysis.warnings + result.warnings:
             err(f"warning: {w}")
         if json_out:
-            write_stdout(json_text(backtrace_report.backtraces_json(result)))
+            write_stdout(json_text(backtraces.backtraces_json(result)))
         else:
-            write_stdout("\n".join(backtrace_report.text_lines(result)) + "\n")
+            write_stdout("\n".join(backtraces.text_lines(result)) + "\n")
     finally:
         analysis.close()
 
 
 def task_bt(source, json_out: bool, pid: int | None, states: str | None, every: bool,
             btf: Path | None, input_format, block_size: int | None) -> None:
-    from sadump import task_report
+    from sadump.render import tasks
 
     analysis = open_analysis(source, None, input_format, block_size)
     try:
         tl = task_list(analysis, btf)
-        chosen = task_report.select(tl.tasks, pid, states, every)
+        chosen = tasks.select(tl.tasks, pid, states, every)
         if pid is not None and not chosen:
             raise fail(Exit.USAGE, f"--pid {pid}: no such task in this image")
         types = analysis.kernel_btf(str(btf) if btf else None)
-        sym, warnings = task_report.symbolizer(analysis, types)
-        traces = task_report.task_traces(analysis, chosen, sym)
+        sym, warnings = tasks.symbolizer(analysis, types)
+        traces = tasks.task_traces(analysis, chosen, sym)
         for w in analysis.warnings + tl.warnings + warnings + traces.warnings:
             err(f"warning: {w}")
         if json_out:
-            write_stdout(json_text(task_report.traces_json(traces)))
+            write_stdout(json_text(tasks.traces_json(traces)))
         else:
-            write_stdout("\n".join(task_report.text_lines(traces)) + "\n")
+            write_stdout("\n".join(tasks.text_lines(traces)) + "\n")
     finally:
         analysis.close()
 

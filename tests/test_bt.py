@@ -23,8 +23,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sadump.analysis import analyse
-from sadump.backtrace_report import analysis_backtraces, doing, ending, text_lines
 from sadump.cli import Exit, app
+from sadump.render.backtraces import analysis_backtraces, doing, ending, text_lines
 from tests.fixtures.builder import (
     IDENTITY_BASE,
     KASLR_OFFSET,

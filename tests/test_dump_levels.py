@@ -134,7 +134,7 @@ def test_info_shows_the_memory_by_class(real_file):
 
     from rich.console import Console
 
-    from sadump.crashinfo import MemoryClasses, render_classes
+    from sadump.render.crashinfo import MemoryClasses, render_classes
 
     out = io.StringIO()
     levels = {int(k): v["pages"] for k, v in mc["dump_levels"].items()}

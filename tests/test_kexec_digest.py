@@ -15,11 +15,11 @@ import struct
 import pytest
 from rich.console import Console
 
-from sadump import report
 from sadump.analysis import analyse_memory
 from sadump.errors import ImageError
 from sadump.formats import open_image
 from sadump.formats.memory import Extent, PhysicalMemory
+from sadump.render import report
 from sadump.trigger import kexec_digest
 from sadump.trigger.decision import KDUMP_KERNEL_DAMAGED, KDUMP_OK
 from sadump.trigger.kexec_digest import verify_kexec_digest

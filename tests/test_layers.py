@@ -19,9 +19,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("trigger", ("sadump.trigger",)),
     ("analysis", ("sadump.analysis",)),
     ("plan+writers", ("sadump.dump_plan", "sadump.page_filter", "sadump.writers")),
-    ("cli+report", ("sadump.cli", "sadump.report", "sadump.crashinfo", "sadump.sample",
-                    "sadump.backtrace_report", "sadump.task_report", "sadump.__main__",
-                    "sadump")),
+    ("render", ("sadump.render",)),
+    ("cli", ("sadump.cli", "sadump.sample", "sadump.__main__", "sadump")),
 ]
 
 

@@ -154,7 +154,7 @@ def _rendered(a) -> str:
 
     from rich.console import Console
 
-    from sadump import report
+    from sadump.render import report
 
     out = io.StringIO()
     report.render_inspect(a, Console(file=out, width=200, highlight=False))

@@ -242,7 +242,7 @@ def test_btf_with_an_absurd_task_struct_size():
 
 
 def test_select_d_as_sysrq_w_or_as_the_letter():
-    from sadump.task_report import select
+    from sadump.render.tasks import select
 
     k = small_kernel()
     k.task(0x27000, 15, 15, k.INIT, 0x8000, b"frozen")  # TASK_FROZEN: shows D

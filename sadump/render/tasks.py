@@ -169,7 +169,7 @@ def symbolizer(analysis, btf) -> tuple[Symbolizer, list[str]]:
 
 def task_traces(analysis, tasks: list[Task], sym: Symbolizer) -> TaskTraces:
     """The frames of each task: from thread.ksp, or from its CPU's registers when it runs."""
-    from sadump.backtrace_report import analysis_backtraces
+    from sadump.render.backtraces import analysis_backtraces
 
     warnings: list[str] = []
     size = thread_size(sym.syms)

@@ -8,15 +8,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sadump import report
 from sadump.analysis import Analysis
-from sadump.backtrace_report import backtraces_json as bt_json
-from sadump.backtrace_report import info_lines as bt_lines
 from sadump.constants import MIB, PAGE_SIZE, mib
 from sadump.errors import SadumpError
 from sadump.kernel.printk import KernelLog, LogError, Record, read_kernel_log
 from sadump.kernel.vmcoreinfo import utc
-from sadump.task_report import summary_json, summary_lines
+from sadump.render import report
+from sadump.render.backtraces import backtraces_json as bt_json
+from sadump.render.backtraces import info_lines as bt_lines
+from sadump.render.tasks import summary_json, summary_lines
 
 #: a record that starts a panic or oops report
 CRASH_MARK = re.compile(r"^(Kernel panic|Oops|BUG:)")
@@ -46,8 +46,8 @@ class CrashInfo:
     warnings: list[str] = field(default_factory=list)
     classes: MemoryClasses | None = None  # the memory by makedumpfile's classes
     classes_error: str | None = None
-    backtrace: Any = None  # backtrace_report: the panicking CPU's (or every CPU's)
-    tasks: Any = None  # task_report.TaskSummary: hung tasks, states, modules
+    backtrace: Any = None  # render.backtraces: the panicking CPU's (or every CPU's)
+    tasks: Any = None  # render.tasks.TaskSummary: hung tasks, states, modules
     tasks_error: str | None = None
 
 
@@ -88,8 +88,8 @@ def crash_info(analysis: Analysis) -> CrashInfo:
         log_error = str(e)
     kind, tail = log_tail(log.records) if log else ("", [])
     classes, classes_error = memory_classes(analysis)
-    from sadump.backtrace_report import panic_backtraces
-    from sadump.task_report import task_summary
+    from sadump.render.backtraces import panic_backtraces
+    from sadump.render.tasks import task_summary
 
     tasks, tasks_error = task_summary(analysis)
     return CrashInfo(info.osrelease if info else None, analysis.crash_time(), cpus, cpu_source,
