@@ -361,8 +361,9 @@ def bt(
     input_format: InputFormat = None,
     block_size: BlockSizeOpt = None,
 ) -> None:
-    """Every CPU's backtrace from the image alone (kallsyms, no vmlinux); with --pid,
-    --state or --all the tasks' backtraces instead (needs the kernel's BTF).
+    """Every CPU's backtrace from the image alone (kallsyms, no vmlinux; frames in modules
+    named when the kernel has BTF); with --pid, --state or --all the tasks' backtraces
+    instead (needs the kernel's BTF).
 
     Exit: 0 shown; 2 no such CPU or task; 4 image unreadable; 7 no BTF (give --btf FILE)."""
     from sadump.render import backtraces
@@ -378,6 +379,7 @@ def bt(
         result = backtraces.analysis_backtraces(analysis, cpu)
         if cpu is not None and not result.cpus:
             raise fail(Exit.USAGE, f"--cpu {cpu}: no such CPU in this image")
+        backtraces.name_module_frames(analysis, result, str(btf) if btf else None)
         if not result.cpus:
             why = "; ".join(dict.fromkeys(result.warnings)) or "lowcore_ptr lists none"
             raise fail(Exit.IMAGE_ERROR, f"no CPUs found: {why}")

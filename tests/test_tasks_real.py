@@ -378,3 +378,100 @@ def test_btf_of_another_kernel_is_one_line(real_file):
     assert code == Exit.IMAGE_ERROR and out == ""
     assert "does not describe this kernel" in err
     assert len([line for line in err.splitlines() if "error" in line]) == 1
+
+
+# ---- the CPUs' backtraces name module frames as the tasks' do -------------------------------
+
+def sysrq_t_module_frame(real_text) -> tuple[int, str]:
+    """(pc, `symbol+0xoff/0xsize [module]`) of the first frame in a module that the guest's
+    own sysrq-t printed (jbd2's kjournald2)."""
+    for line in read_latin1(real_text, f"{GUEST}.guest-sysrq-t.txt").splitlines():
+        m = FRAME.search(line)
+        if m and m.group(3):
+            return int(m.group(1), 16), m.group(2) + m.group(3)
+    raise AssertionError("the guest's sysrq-t shows no frame in a module")
+
+
+def test_no_cpu_of_the_deb13_images_is_in_a_module(real_file):
+    """Why the next test crafts one: at the dump CPU 0 idles in vmlinux and CPU 1 runs a
+    user program (deb13 README), so `bt` has no frame in a module to name."""
+    code, out, err = run("bt", "--json", str(real_file(INPUTS[1])))
+    assert code == 0, err
+    frames = [f for c in json.loads(out)["cpus"] for f in c["frames"]]
+    assert frames and all(f["module"] is None for f in frames)
+    assert [f["symbol"] for f in frames if f["symbol"] is None] == [None]  # the user PSW
+
+
+def test_cpu_frame_in_a_module_is_named_as_sysrq_t_names_it(real_file, real_text, tmp_path):
+    """CPU 1's PSW set to an address in jbd2 that the guest's sysrq-t printed (a crafted
+    copy of the QEMU ELF: only the PSW of CPU 1's NT_PRSTATUS changes): `bt` prints it as the
+    kernel did, `[module]` and all, the same text `bt --pid` prints for that task's frame,
+    and its JSON frame names the module."""
+    pc, kernel_printed = sysrq_t_module_frame(real_text)
+    assert kernel_printed == "kjournald2+0x282/0x2d0 [jbd2]"
+    src = real_file(INPUTS[1])
+    with open(src, "rb") as f:
+        head = f.read(0x1000)  # the PT_NOTE (0x130, 0x9b0 bytes) lies in it
+    user_psw = (0x0705200180000000).to_bytes(8, "big") + (0x1000C80).to_bytes(8, "big")
+    assert head.count(user_psw) == 1  # CPU 1's prstatus (qemu-elf.notes.txt)
+    kernel_psw = (0x0704C00180000000).to_bytes(8, "big") + pc.to_bytes(8, "big")
+    img = tmp_path / "cpu1-in-jbd2.elf"
+    if subprocess.run(["cp", "--sparse=always", str(src), str(img)], check=False).returncode:
+        shutil.copyfile(src, img)
+    with open(img, "r+b") as f:
+        f.seek(head.index(user_psw))
+        f.write(kernel_psw)
+
+    code, out, err = run("bt", "--cpu", "1", str(img))
+    assert code == 0, err
+    line = f"[<{pc:016x}>] {kernel_printed}"
+    assert line in out.splitlines()[3], out  # frame 0, after symbols, blank and CPU lines
+    assert "modules" not in err  # read without a warning
+    code, out, err = run("bt", "--cpu", "1", "--json", str(img))
+    assert code == 0, err
+    frame0 = json.loads(out)["cpus"][0]["frames"][0]
+    assert (frame0["pc"], frame0["symbol"], frame0["offset"], frame0["size"],
+            frame0["module"]) == (pc, "kjournald2", 0x282, 0x2D0, "jbd2")
+    assert list(frame0) == ["pc", "symbol", "offset", "size", "sp", "stack", "reliable",
+                            "module"]
+    # the task side names the same address the same way (the one symbolizer)
+    code, out, err = run("bt", "--pid", "190", str(src))
+    assert code == 0, err
+    assert f" {line} " in out.splitlines()
+    # a damaged --btf: the frame stays as kallsyms has it, one warning, still exit 0
+    bad = tmp_path / "bad.btf"
+    bad.write_bytes(b"\x9f\xeb\x01\x00" + bytes(20))
+    code, out, err = run("bt", "--cpu", "1", "--btf", str(bad), str(img))
+    assert code == 0, err
+    assert f"[<{pc:016x}>] [module] {pc:#x}" in out.splitlines()[3]
+    assert "warning: modules not read, their frames stay raw: --btf" in err
+
+
+def test_cpu_frame_in_a_module_stays_raw_without_btf(real_file):
+    """rimg (6.1, no BTF): a frame kallsyms cannot name stays as it was printed before
+    module names came, and no warning is added for the missing BTF."""
+    from sadump.analysis import analyse
+    from sadump.kernel.unwind import Frame
+    from sadump.render.backtraces import backtraces_json, name_module_frames, text_lines
+
+    analysis = analyse(str(real_file("rimg-kdump.qemu.elf")))
+    try:
+        bt = analysis_backtraces_of(analysis)
+        unnamed = (bt.symbols.module_range[0] + 0x1000 if bt.symbols.module_range
+                   else 0x3FF80001000)
+        assert bt.symbols.lookup(unnamed).name is None
+        bt.cpus[0].walk.frames.insert(0, Frame(unnamed, 0, "task", True, "psw"))
+        before_text, before_json = text_lines(bt), backtraces_json(bt)
+        warnings = list(bt.warnings)
+        name_module_frames(analysis, bt)
+        assert bt.symbolize is None and bt.warnings == warnings
+        assert text_lines(bt) == before_text and backtraces_json(bt) == before_json
+        assert before_json["cpus"][0]["frames"][0]["module"] is None
+    finally:
+        analysis.close()
+
+
+def analysis_backtraces_of(analysis):
+    from sadump.render.backtraces import analysis_backtraces
+
+    return analysis_backtraces(analysis)

@@ -326,6 +326,9 @@ class Backtraces:
     symbols: object | None  # Kallsyms
     symbols_error: str | None
     warnings: list[str] = field(default_factory=list)
+    #: names the addresses kallsyms does not (frames in modules), when a renderer has the
+    #: module list: pc -> a symbol, its name None when it knows none either
+    symbolize: Callable[[int], object] | None = None
 
 
 def cpu_registers(found: CpuFinding) -> tuple[list[tuple[int, Registers]], str, list[str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sadump.kernel.unwind import PSW_MASK_PSTATE, PSW_MASK_WAIT, Backtraces, CpuTrace, Frame
+from sadump.render.symbols import MODULES_NOT_READ, Symbol, symbolizer
 
 #: entry code that builds a pt_regs, and what it means (arch/s390/kernel/entry.S)
 HANDLERS = {
@@ -26,7 +27,17 @@ def _name(bt: Backtraces, pc: int) -> str | None:
 
 
 def _symbol(bt: Backtraces, pc: int):
-    return bt.symbols.lookup(pc) if bt.symbols is not None else None
+    """kallsyms' symbol, or a module's (`name+0xoff/0xsize [module]`) through the symbolizer
+    of the tasks' backtraces (render.symbols) when bt has one; else kallsyms' own (raw, or
+    `[module] 0x…`), as before modules were read."""
+    if bt.symbols is None:
+        return None
+    sym = bt.symbols.lookup(pc)
+    if sym.name is None and bt.symbolize is not None:
+        named = bt.symbolize(pc)
+        if named.name is not None:
+            return named
+    return sym
 
 
 def doing(bt: Backtraces, t: CpuTrace) -> str | None:
@@ -136,9 +147,11 @@ def text_lines(bt: Backtraces) -> list[str]:
 def frame_json(bt: Backtraces, f: Frame) -> dict[str, Any]:
     sym = _symbol(bt, f.pc)
     named = sym is not None and sym.name is not None
+    # a module's Symbol names its module; kallsyms' own has module False (or True: unnamed)
+    module = sym.module if named and isinstance(sym, Symbol) else None
     return {"pc": f.pc, "symbol": sym.name if named else None,
             "offset": sym.offset if named else None, "size": sym.size if named else None,
-            "sp": f.sp, "stack": f.stack, "reliable": f.reliable}
+            "sp": f.sp, "stack": f.stack, "reliable": f.reliable, "module": module}
 
 
 def cpu_json(bt: Backtraces, t: CpuTrace) -> dict[str, Any]:
@@ -177,6 +190,38 @@ def analysis_backtraces(analysis, cpu: int | None = None) -> Backtraces:
 
     return backtraces(analysis.memory, analysis.kernel_memory, analysis.vmcoreinfo.info,
                       analysis.cpus, cpu, analysis.symbols)
+
+
+def _kernel_pcs(bt: Backtraces):
+    """The frames' addresses less those in user space (a PSW in the problem state)."""
+    for t in bt.cpus:
+        for f in t.walk.frames if t.walk is not None else []:
+            mask = f.regs_mask if f.kind == "pt_regs" else \
+                t.regs.psw_mask if f.kind == "psw" and t.regs is not None else 0
+            if not (mask or 0) & PSW_MASK_PSTATE:
+                yield f.pc
+
+
+def name_module_frames(analysis, bt: Backtraces, btf_file: str | None = None) -> None:
+    """Let bt name its frames in modules as the tasks' backtraces do (the same symbolizer),
+    when a frame is one kallsyms cannot name and the kernel's BTF lets the module list be
+    read. A kernel without BTF keeps its frames as they were (`[module] 0x…`), with no
+    warning: BTF is no requirement of `sadump bt`."""
+    from sadump.errors import NoBtfError, SadumpError
+
+    if bt.symbols is None or not any(bt.symbols.lookup(pc).name is None
+                                     for pc in _kernel_pcs(bt)):
+        return
+    try:
+        btf = analysis.kernel_btf(btf_file)
+    except NoBtfError:
+        return
+    except SadumpError as e:
+        bt.warnings.append(f"{MODULES_NOT_READ}: {e}")
+        return
+    sym, warnings = symbolizer(analysis, btf)
+    bt.symbolize = sym
+    bt.warnings += warnings
 
 
 # ---- for `sadump info` -----------------------------------------------------------------------
