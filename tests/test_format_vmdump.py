@@ -42,9 +42,12 @@ def write(tmp_path, data, name="dump.vmdump"):
     return path
 
 
-@pytest.fixture
-def dump(tmp_path):
-    data = vm.vmdump_bytes({n: page(n) for n in STORED}, RANGES, CPUS, empty_keys=(4,))
+@pytest.fixture(params=[vm.KEYS_REAL, (0x07, 0x06)], ids=["keys-real", "keys-with-storage-bits"])
+def dump(tmp_path, request):
+    """The real file's key bytes (0x01 / 0x00), and keys with storage-key bits set around the
+    "stored" bit 0x01, which alone counts."""
+    data = vm.vmdump_bytes({n: page(n) for n in STORED}, RANGES, CPUS, empty_keys=(4,),
+                           keys=request.param)
     assert data[vm.INDEX_OFF] == 0b11101000  # slot 3: no key page; slot 4: one storing none
     return write(tmp_path, data)
 
