@@ -357,3 +357,27 @@ def test_large_mostly_zero_machine_is_dumped_not_refused(tmp_path):
         assert mem.read(1 << 40, 4096) == bytes(4096)
     finally:
         mem.close()
+
+
+# ---- whose registers: the dumper's lc_vec, as zgetdump reads them ----------------------------
+def test_cpus_are_lc_vec_only_and_vx_needs_an_aligned_pointer(tmp_path):
+    """The CPUs of a stand-alone dump are the header's lc_vec, each from its prefix page; the
+    bytes at absolute 0x1200 are the dumper's memory, not a CPU (here: text whose 'prefix' is
+    not zero). Vector registers only through a 1 KiB aligned lowcore 0x11b0: with Linux's
+    length bits (11) the dumper stores none, and zgetdump reads none (tests/oracle)."""
+    from tests.fixtures.builder import Cpu
+
+    mem = {a: bytearray(b) for a, b in MEM.items()}
+    cpus = [Cpu.distinct(n) for n in range(2)]  # prefixes 0x20000, 0x22000
+    for n, (c, low) in enumerate(zip(cpus, (0, 11))):
+        mem[0][c.prefix + 0x11B0:c.prefix + 0x11B8] = (0x30000 + 0x400 * n | low).to_bytes(8,
+                                                                                          "big")
+        sa.store_status(mem, c)  # CPU 1: its VX area keeps the text that was there
+    assert int.from_bytes(mem[0][0x1318:0x131C], "big") not in (0, 0x20000, 0x22000)
+    path = sa.write_ext(tmp_path / "d.s390", {a: bytes(b) for a, b in mem.items()}, SIZE,
+                        hdr={"prefixes": (0x20000, 0x22000)})
+    source, ours = real_cpus(path)
+    assert source == "save areas" and sorted(ours) == [0x20000, 0x22000]
+    assert ours[0x20000].gprs == cpus[0].gprs and ours[0x22000].gprs == cpus[1].gprs
+    assert ours[0x20000].vxrs == cpus[0].vx
+    assert ours[0x22000].vxrs is None
