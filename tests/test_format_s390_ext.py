@@ -381,3 +381,40 @@ def test_cpus_are_lc_vec_only_and_vx_needs_an_aligned_pointer(tmp_path):
     assert ours[0x20000].gprs == cpus[0].gprs and ours[0x22000].gprs == cpus[1].gprs
     assert ours[0x20000].vxrs == cpus[0].vx
     assert ours[0x22000].vxrs is None
+
+
+# ---- the entry cap: 1011 entries fill a 4 KiB segment header ----------------------------------
+def capped_segment(tmp_path, entries: int, entry_count: int) -> tuple[str, int]:
+    """header | a raw first MiB | one compressed segment of `entries` MiB, MiB i all the u64
+    i (compressible: 1011 MiB deflate to ~4 MiB), written MiB by MiB | end marker."""
+    import zlib
+
+    mem_size = (entries + 1) * MIB
+    path = tmp_path / "cap.s390"
+    offs, body = [], bytearray()
+    for i in range(entries):
+        blob = zlib.compress(struct.pack(">Q", i + 1) * (MIB // 8), 1)
+        offs.append(len(body) // 4096)
+        body += blob + bytes(-len(blob) % 4096)
+    with open(path, "wb") as f:
+        f.write(sa.header(mem_size) + sa.seg_header(0, MIB, False) + bytes(MIB))
+        f.write(sa.seg_header(MIB, entries * MIB, True, len(body) // 4096, offs[:sa.MAX_ENTRIES],
+                              entry_count=entry_count))
+        f.write(body + sa.end_marker() + bytes(4096 - 16))
+    return str(path), mem_size
+
+
+def test_segment_of_1011_entries(tmp_path):
+    path, size = capped_segment(tmp_path, 1011, 1011)
+    with open_image(path) as mem:
+        assert mem.ranges() == [(0, size)] and mem.incomplete is None
+        for i in range(1011):  # every entry, the last one's offset at header byte 4092
+            assert mem.read(MIB + i * MIB, MIB) == struct.pack(">Q", i + 1) * (MIB // 8), i
+        assert mem.read(1011 * MIB + MIB - 8, 8) == struct.pack(">Q", 1011)  # the last u64
+
+
+def test_segment_of_1012_entries_is_refused(tmp_path):
+    """1012 entries cannot fit a segment header (0x34 + 4 x 1012 > 4096): the header claims
+    more entries than it can hold, one line, nothing read."""
+    path, _ = capped_segment(tmp_path, 1012, 1012)
+    one_line(path, r"entry_count 1012 for 1012 MiB \(at most 1011")
