@@ -418,3 +418,16 @@ def test_segment_of_1012_entries_is_refused(tmp_path):
     more entries than it can hold, one line, nothing read."""
     path, _ = capped_segment(tmp_path, 1012, 1012)
     one_line(path, r"entry_count 1012 for 1012 MiB \(at most 1011")
+
+
+def test_s390_output_keeps_the_dumps_moment(tmp_path):
+    """`dump --format s390` of a stand-alone dump keeps its header TOD, dumping CPU and
+    end-marker TOD (as `zgetdump -f s390` does: tests/test_zgetdump_oracle.py), not the time
+    of the conversion."""
+    src = sa.write_ext(tmp_path / "d.s390", MEM, SIZE)
+    out = tmp_path / "out.s390"
+    res = cli("dump", src, "--mode", "full", "--format", "s390", "-o", out)
+    assert res.exit_code == 0, res.stderr
+    data = out.read_bytes()
+    assert struct.unpack_from(">QQ", data, 0x38) == (sa.TOD, 0x85618000)
+    assert data[-16:] == sa.end_marker(sa.END_TOD)

@@ -73,9 +73,16 @@ def layout(plan, options=None) -> S390Layout:
 
 
 def write(plan, lay: S390Layout, sink: Sink) -> None:
-    tod = unix_to_tod(time.time())
+    """The dump's own moment when its dumper recorded one (the header's TOD, end-marker TOD
+    and dumping CPU of a stand-alone dump, z/VM's TOD: as `zgetdump -f s390` keeps them),
+    else now."""
+    facts = plan.memory.dumper
+    start = facts.start_tod if facts else None
+    tod = start if start else unix_to_tod(time.time())
+    end = (facts.end_tod or start) if start else None  # VMDUMP records no end
     prefixes = [c.prefix for c in plan.cpus.cpus]
-    sink.data(0, build_header(lay.mem_size, tod, prefixes))
+    sink.data(0, build_header(lay.mem_size, tod, prefixes,
+                              cpu_id=(facts.cpu_id or 0) if facts else 0))
     sink.stream_from(HDR_SIZE)
     pos = 0
     for seg, off in sorted(lay.segments, key=lambda p: p[0].paddr):
@@ -85,4 +92,4 @@ def write(plan, lay: S390Layout, sink: Sink) -> None:
         pos = seg.end
     if not plan.analysis.image.incomplete:  # an incomplete input's dump has no end marker either
         sink.data(HDR_SIZE + lay.mem_size,
-                  build_end_marker(max(tod, unix_to_tod(time.time()))))
+                  build_end_marker(max(tod, end or unix_to_tod(time.time()))))
