@@ -242,16 +242,9 @@ def loop_devices(paths, block: int):
             subprocess.run(["losetup", "-d", d], check=False)
 
 
-def test_s390mv_ext(tmp_path):
-    """Three whole volumes (dasd head + partition), found by zgetdump through a sysfs tree
-    (SYSFS_ROOT) that names each devno's loop device."""
-    sizes = [5 * MIB, 5 * MIB, 5 * MIB, 5 * MIB]  # four volumes: the last one unused
-    mem, _ = machine()
-    head = sa.dasd_head(sizes)
-    paths = []
-    for i, v in enumerate(sa.mv_volumes(mem, SIZE, sizes, prefixes=PREFIXES)):
-        paths.append(tmp_path / f"vol{i}")
-        paths[-1].write_bytes(head + v)
+def convert_mv(paths, tmp_path: Path) -> str:
+    """zgetdump's conversion of whole volumes (dasd head + partition) to tmp_path/z.elf: on
+    loop devices, found through a sysfs tree (SYSFS_ROOT) naming each devno's device."""
     sysfs = tmp_path / "sysfs"
     with loop_devices(paths, 4096) as devs:
         for i, dev in enumerate(devs):
@@ -263,9 +256,21 @@ def test_s390mv_ext(tmp_path):
                 f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}\n")
         os.environ["SYSFS_ROOT"] = str(sysfs)
         try:
-            info = convert(devs[0], tmp_path / "z.elf")
+            return convert(devs[0], tmp_path / "z.elf")
         finally:
             del os.environ["SYSFS_ROOT"]
+
+
+def test_s390mv_ext(tmp_path):
+    """Four whole volumes, the last one unused."""
+    sizes = [5 * MIB, 5 * MIB, 5 * MIB, 5 * MIB]
+    mem, _ = machine()
+    head = sa.dasd_head(sizes)
+    paths = []
+    for i, v in enumerate(sa.mv_volumes(mem, SIZE, sizes, prefixes=PREFIXES)):
+        paths.append(tmp_path / f"vol{i}")
+        paths[-1].write_bytes(head + v)
+    info = convert_mv(paths, tmp_path)
     assert "Dump format........: s390mv_ext" in info, info
     with open_image([str(p) for p in paths]) as ours, \
             open_image(str(tmp_path / "z.elf")) as theirs:
@@ -331,3 +336,45 @@ def test_zgetdump_s390_read_by_sadump(tmp_path, ext_dump):
     # left different on purpose: mem_end (zgetdump mem_size - 1, sadump mem_size as the zipl
     # dumpers write it) and build_arch (zgetdump 0, sadump 2)
     assert len(mine) == len(theirs)
+
+
+# ---- the real files of ../shared/real/sa ----------------------------------------------------------
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize("kind", ["ext-zlib", "mv"])
+def test_real_stand_alone_dumps(real_file, tmp_path, kind):
+    """The real s390_ext (loop device, 4 KiB blocks) and two-volume set (whole volumes): the
+    memory and register notes of zgetdump's ELF are sadump's, over all 1 GiB."""
+    if kind == "ext-zlib":
+        ours_in = [str(real_file("sa/rimg-kdump.ext-zlib.s390"))]
+        with loop_device(ours_in[0], 4096) as dev:
+            info = convert(dev, tmp_path / "z.elf")
+    else:
+        head = real_file("sa/rimg-kdump.mv.dasd-head").read_bytes()
+        ours_in = []
+        for n in range(2):
+            w = tmp_path / f"vol{n}.dasd"
+            w.write_bytes(head + real_file(f"sa/rimg-kdump.mv.vol{n}").read_bytes())
+            ours_in.append(str(w))
+        info = convert_mv(ours_in, tmp_path)
+    assert "CPU count (online).: 2" in info and "Dump created.......: Thu, 26 Nov 2026" in info
+    with open_image(ours_in) as ours, open_image(str(tmp_path / "z.elf")) as theirs:
+        same_memory(ours, theirs, GIB)
+        zg = register_notes(theirs.notes)
+    assert [len(c) for c in zg] == [9, 9]
+    assert sadump_notes(ours_in, tmp_path) == zg
+
+
+def test_real_vmdump(real_file, tmp_path):
+    path = real_file("sa/rimg-kdump.vmdump")
+    info = convert(path, tmp_path / "z.elf")
+    assert "Dump format........: vmdump" in info and "CPU count (online).: 2" in info
+    with open_image(str(path)) as ours, open_image(str(tmp_path / "z.elf")) as theirs:
+        same_memory(ours, theirs, GIB)
+        zg, mine = register_notes(theirs.notes), register_notes(ours.notes)
+    assert [len(c) for c in zg] == [7, 7]  # no VXRS in a VMDUMP
+    for z, m in zip(zg, mine):  # zgetdump leaves TODPREG 0 (see test_vmdump)
+        assert z.pop(NT_S390_TODPREG) == bytes(4)
+        m.pop(NT_S390_TODPREG)
+    assert mine == zg
