@@ -131,13 +131,14 @@ def machine(vx_low_bits: int = 0) -> tuple[dict[int, bytes], list[Cpu]]:
     return {a: bytes(b) for a, b in mem.items()}, cpus
 
 
-@pytest.mark.parametrize("block, compress, raw_entries", [
-    (4096, False, ()), (4096, True, ()), (512, True, ()), (4096, True, ((1, 0), (3, 0))),
-], ids=["raw", "zlib", "zlib-512", "zlib-raw-entries"])
-def test_s390_ext(tmp_path, block, compress, raw_entries):
+@pytest.mark.parametrize("block, compress, zlib_flag, raw_entries", [
+    (4096, False, 0, ()), (4096, True, 1, ()), (512, True, 1, ()),
+    (4096, True, 1, ((1, 0), (3, 0))), (512, False, 1, ()),
+], ids=["raw", "zlib", "zlib-512", "zlib-raw-entries", "fba-flag-without-compression"])
+def test_s390_ext(tmp_path, block, compress, zlib_flag, raw_entries):
     mem, _ = machine()
     path = Path(sa.write_ext(tmp_path / "d.s390", mem, SIZE, block=block, compress=compress,
-                             zlib_flag=int(compress), raw_entries=raw_entries,
+                             zlib_flag=zlib_flag, raw_entries=raw_entries,
                              hdr={"prefixes": PREFIXES}))
     with loop_device(path, block) as dev:
         info = convert(dev, tmp_path / "z.elf")
@@ -148,6 +149,35 @@ def test_s390_ext(tmp_path, block, compress, raw_entries):
     # PRSTATUS FPREGSET TIMER TODCMP TODPREG CTRS PREFIX VXRS_LOW VXRS_HIGH
     assert [len(c) for c in zg] == [9, 9]
     assert sadump_notes(path, tmp_path) == zg
+
+
+def test_s390_ext_large_machine_mostly_zero(tmp_path):
+    """2 TiB dumped of a 4 TiB machine (zipl's size limit), 3 MiB not zero: zgetdump maps all
+    2 TiB, the skipped memory as zero chunks; so does sadump, the same bytes, the same holes."""
+    data = {0: bytes(range(256)) * 8192, 512 * MIB: b"\x5a" * MIB}
+    path = Path(sa.write_ext(tmp_path / "big.s390", data, 2 << 40,
+                             hdr={"mem_size_real": 4 << 40}))
+    with loop_device(path, 4096) as dev:
+        info = convert(dev, tmp_path / "z.elf")
+    assert "Dump memory range..: 2097152 MB" in info and "Real memory range..: 4194304 MB" in info
+    assert (tmp_path / "z.elf").stat().st_size < 8 * MIB
+    with open_image(str(path)) as ours, open_image(str(tmp_path / "z.elf")) as theirs:
+        assert ours.ranges() == theirs.ranges() == [(0, 2 << 40)]
+        assert ours.dumper.mem_size_real == 4 << 40
+
+        def data_at(m):  # runs of non-hole extents, adjacent ones joined
+            runs: list[list[int]] = []
+            for e in m.extents(0, 2 << 40):
+                if e.kind == "zero":
+                    continue
+                if runs and runs[-1][0] + runs[-1][1] == e.paddr:
+                    runs[-1][1] += e.size
+                else:
+                    runs.append([e.paddr, e.size])
+            return [tuple(r) for r in runs]
+        assert data_at(ours) == data_at(theirs) == [(0, 2 * MIB), (512 * MIB, MIB)]
+        for a in (0, MIB, 512 * MIB, 1 << 40, (2 << 40) - MIB):
+            assert ours.read(a, MIB) == theirs.read(a, MIB), hex(a)
 
 
 def test_s390_ext_vector_pointer_with_length_bits(tmp_path):
