@@ -431,3 +431,26 @@ def test_s390_output_keeps_the_dumps_moment(tmp_path):
     data = out.read_bytes()
     assert struct.unpack_from(">QQ", data, 0x38) == (sa.TOD, 0x85618000)
     assert data[-16:] == sa.end_marker(sa.END_TOD)
+
+
+def test_a_listed_cpu_without_stored_status_is_named(tmp_path):
+    """lc_vec lists a third CPU whose save area holds nothing (prefix 0): left out with a
+    warning naming its lowcore (zgetdump writes it as a CPU of zero registers)."""
+    from sadump.analysis import analyse
+    from tests.fixtures.builder import Cpu
+
+    mem = {a: bytearray(b) for a, b in MEM.items()}
+    for n in range(2):
+        cpu = Cpu.distinct(n)
+        cpu.vx = None  # lowcore 0x11b0 holds text here: no vector area to follow
+        sa.store_status(mem, cpu)
+    mem[0][0x24000 + 0x1200:0x24000 + 0x1400] = bytes(512)
+    path = sa.write_ext(tmp_path / "d.s390", {a: bytes(b) for a, b in mem.items()}, SIZE,
+                        hdr={"prefixes": (0x20000, 0x22000, 0x24000)})
+    a = analyse(path)
+    try:
+        found = a.cpus()
+    finally:
+        a.close()
+    assert [c.prefix for c in found.cpus] == [0x20000, 0x22000]
+    assert any("lowcore 0x24000" in w and "no stored status" in w for w in found.warnings)

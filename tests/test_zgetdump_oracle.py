@@ -408,3 +408,25 @@ def test_real_vmdump(real_file, tmp_path):
         assert z.pop(NT_S390_TODPREG) == bytes(4)
         m.pop(NT_S390_TODPREG)
     assert mine == zg
+
+
+def test_s390_ext_listed_cpu_without_status(tmp_path):
+    """lc_vec lists a third lowcore whose save area holds no status: zgetdump writes a third
+    CPU of zero registers (PREFIX 0); sadump leaves it out and names it in a warning. The
+    two CPUs with status agree."""
+    mem, _ = machine()
+    m0 = bytearray(mem[0])
+    m0[0x24000 + 0x1200:0x24000 + 0x1400] = bytes(512)
+    mem[0] = bytes(m0)
+    path = Path(sa.write_ext(tmp_path / "d.s390", mem, SIZE,
+                             hdr={"prefixes": (*PREFIXES, 0x24000)}))
+    with loop_device(path, 4096) as dev:
+        info = convert(dev, tmp_path / "z.elf")
+    assert "CPU count (online).: 3" in info
+    with open_image(str(tmp_path / "z.elf")) as theirs:
+        zg = register_notes(theirs.notes)
+    assert len(zg) == 3 and zg[2][0x305] == bytes(4) and not any(zg[2][NT_FPREGSET])
+    res = cli("dump", path, "--mode", "full", "-o", tmp_path / "ours.elf")
+    assert res.exit_code == 0 and "lowcore 0x24000" in res.stderr
+    with open_image(str(tmp_path / "ours.elf")) as ours:
+        assert register_notes(ours.notes) == zg[:2]

@@ -182,6 +182,9 @@ def from_memory(mem: PhysicalMemory, lowcores: list[int],
             elif cpu.prefix and cpu.prefix not in seen:
                 cpus.append(cpu)
                 seen.update({lc, cpu.prefix})
+            elif dumper and not cpu.prefix:  # listed by the dumper, yet no status stored
+                warnings.append(f"the dump header lists a CPU at lowcore {lc:#x}, whose save "
+                                "area holds no stored status (prefix 0): its CPU is left out")
     except SadumpError as e:
         warnings.append(f"CPU save areas not readable: {e}")
     return cpus, warnings
