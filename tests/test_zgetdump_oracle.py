@@ -430,3 +430,26 @@ def test_s390_ext_listed_cpu_without_status(tmp_path):
     assert res.exit_code == 0 and "lowcore 0x24000" in res.stderr
     with open_image(str(tmp_path / "ours.elf")) as ours:
         assert register_notes(ours.notes) == zg[:2]
+
+
+# ---- NGDump ---------------------------------------------------------------------------------------
+def test_ngdump(tmp_path, ext_dump):
+    """An NGDump partition (ext4, made by mkfs.ext4 -d) holding sadump's ELF of a generated
+    s390_ext: zgetdump mounts it read-only from a loop device (checking ngdump.meta's sha256)
+    and converts its dump.elf; sadump reads the partition image with debugfs: the same
+    memory and register notes."""
+    from tests.fixtures.ngdump import e2fs_tool, ngdump_image
+
+    if e2fs_tool("mkfs.ext4") is None or e2fs_tool("debugfs") is None:
+        pytest.skip("e2fsprogs' mkfs.ext4 or debugfs not installed")
+    elf = tmp_path / "vmcore.elf"
+    assert cli("dump", ext_dump, "--mode", "full", "-o", elf).exit_code == 0
+    img = ngdump_image(tmp_path, elf)
+    with loop_device(img, 512) as dev:
+        info = convert(dev, tmp_path / "z.elf")
+    assert "Dump format........: elf" in info and "CPU count (online).: 2" in info
+    with open_image(str(img)) as ours, open_image(str(tmp_path / "z.elf")) as theirs:
+        assert ours.format == "ngdump"
+        same_memory(ours, theirs, SIZE)
+        assert register_notes(ours.notes) == register_notes(theirs.notes)
+    assert [len(c) for c in register_notes(theirs.notes)] == [9, 9]
