@@ -59,12 +59,30 @@ def _patches(plan, segments, warnings: list[str]) -> list[tuple[int, bytes]]:
     return sorted(out)
 
 
+def _unreadable_vx(plan, segments, warnings: list[str]) -> None:
+    """A reader of the s390 format (zgetdump, sadump) takes the vector registers only through
+    a 1 KiB aligned lowcore 0x11B0, as the stand-alone dumper stores them; the kernel's own
+    store status uses the area with Linux's length bits set (machines with guarded storage),
+    and those registers would be silently lost: say so."""
+    mem = plan.memory
+    for cpu in plan.cpus.cpus:
+        at = cpu.prefix + MCESAD_OFFSET
+        if cpu.vxrs is None or not any(s.paddr <= at and at + 8 <= s.end for s in segments):
+            continue
+        mcesad = mem.read_u64(at)
+        if mcesad & ~MCESAD_ADDR_MASK:
+            warnings.append(f"CPU {cpu.prefix:#x}: lowcore 0x11B0 is {mcesad:#x}, not 1 KiB "
+                            "aligned: readers of the s390 format (zgetdump, sadump) take no "
+                            "vector registers from it; the ELF and kdump formats keep them")
+
+
 def layout(plan, options=None) -> S390Layout:
     """Memory segments only (no kernel-image PT_LOAD: the format is physical memory)."""
     segments = [s for s in plan.segments if s.what == "memory"]
     mem_size = max(s.end for s in segments)
     warnings: list[str] = []
     patches = _patches(plan, segments, warnings)
+    _unreadable_vx(plan, segments, warnings)
     em = 0 if plan.analysis.image.incomplete else EM_SIZE  # no end marker: incomplete
     size = HDR_SIZE + mem_size + em
     return S390Layout(size, need_bytes(plan, segments, size, HDR_SIZE + em),
