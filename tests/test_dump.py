@@ -306,3 +306,28 @@ def test_s390_input_round_trip_to_s390(tmp_path):
         assert a.ranges() == b.ranges() and a.cpu_prefixes == b.cpu_prefixes
         for pos in range(0, 64 * MiB, MiB):
             assert a.read(pos, MiB) == b.read(pos, MiB)
+
+
+def test_s390_output_names_vector_registers_it_cannot_carry(tmp_path):
+    """The kernel stored status with lowcore 0x11B0 = area | 11 (Linux's length bits on a
+    machine with guarded storage): the raw image's CPUs have vector registers (kernel rule),
+    the s390 format's readers take none (dumper rule, as zgetdump): the s390 dump says so,
+    and its read-back indeed has none."""
+    from sadump.analysis import analyse
+
+    cpus = [Cpu.distinct(0), Cpu.distinct(1)]
+    spec = ImageSpec(cpus=cpus)
+    raw = write_raw(spec, tmp_path / "mem.raw")
+    with open(raw, "r+b") as f:  # raw image: address = file offset
+        for i in range(2):
+            f.seek(0x20000 + 0x2000 * i + 0x11B0)
+            f.write((0x40000 + 0x400 * i | 11).to_bytes(8, "big"))
+    res = dump(raw, tmp_path / "d.s390", "--format", "s390", "--mode", "full")
+    assert res.exit_code == Exit.OK, res.output
+    assert res.stderr.count("not 1 KiB aligned") == 2
+    for path, has_vx in ((raw, True), (tmp_path / "d.s390", False)):
+        a = analyse(str(path))
+        try:
+            assert [c.vxrs is not None for c in a.cpus().cpus] == [has_vx, has_vx], path
+        finally:
+            a.close()

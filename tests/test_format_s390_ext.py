@@ -357,3 +357,100 @@ def test_large_mostly_zero_machine_is_dumped_not_refused(tmp_path):
         assert mem.read(1 << 40, 4096) == bytes(4096)
     finally:
         mem.close()
+
+
+# ---- whose registers: the dumper's lc_vec, as zgetdump reads them ----------------------------
+def test_cpus_are_lc_vec_only_and_vx_needs_an_aligned_pointer(tmp_path):
+    """The CPUs of a stand-alone dump are the header's lc_vec, each from its prefix page; the
+    bytes at absolute 0x1200 are the dumper's memory, not a CPU (here: text whose 'prefix' is
+    not zero). Vector registers only through a 1 KiB aligned lowcore 0x11b0: with Linux's
+    length bits (11) the dumper stores none, and zgetdump reads none (tests/oracle)."""
+    from tests.fixtures.builder import Cpu
+
+    mem = {a: bytearray(b) for a, b in MEM.items()}
+    cpus = [Cpu.distinct(n) for n in range(2)]  # prefixes 0x20000, 0x22000
+    for n, (c, low) in enumerate(zip(cpus, (0, 11))):
+        mem[0][c.prefix + 0x11B0:c.prefix + 0x11B8] = (0x30000 + 0x400 * n | low).to_bytes(8,
+                                                                                          "big")
+        sa.store_status(mem, c)  # CPU 1: its VX area keeps the text that was there
+    assert int.from_bytes(mem[0][0x1318:0x131C], "big") not in (0, 0x20000, 0x22000)
+    path = sa.write_ext(tmp_path / "d.s390", {a: bytes(b) for a, b in mem.items()}, SIZE,
+                        hdr={"prefixes": (0x20000, 0x22000)})
+    source, ours = real_cpus(path)
+    assert source == "save areas" and sorted(ours) == [0x20000, 0x22000]
+    assert ours[0x20000].gprs == cpus[0].gprs and ours[0x22000].gprs == cpus[1].gprs
+    assert ours[0x20000].vxrs == cpus[0].vx
+    assert ours[0x22000].vxrs is None
+
+
+# ---- the entry cap: 1011 entries fill a 4 KiB segment header ----------------------------------
+def capped_segment(tmp_path, entries: int, entry_count: int) -> tuple[str, int]:
+    """header | a raw first MiB | one compressed segment of `entries` MiB, MiB i all the u64
+    i (compressible: 1011 MiB deflate to ~4 MiB), written MiB by MiB | end marker."""
+    import zlib
+
+    mem_size = (entries + 1) * MIB
+    path = tmp_path / "cap.s390"
+    offs, body = [], bytearray()
+    for i in range(entries):
+        blob = zlib.compress(struct.pack(">Q", i + 1) * (MIB // 8), 1)
+        offs.append(len(body) // 4096)
+        body += blob + bytes(-len(blob) % 4096)
+    with open(path, "wb") as f:
+        f.write(sa.header(mem_size) + sa.seg_header(0, MIB, False) + bytes(MIB))
+        f.write(sa.seg_header(MIB, entries * MIB, True, len(body) // 4096, offs[:sa.MAX_ENTRIES],
+                              entry_count=entry_count))
+        f.write(body + sa.end_marker() + bytes(4096 - 16))
+    return str(path), mem_size
+
+
+def test_segment_of_1011_entries(tmp_path):
+    path, size = capped_segment(tmp_path, 1011, 1011)
+    with open_image(path) as mem:
+        assert mem.ranges() == [(0, size)] and mem.incomplete is None
+        for i in range(1011):  # every entry, the last one's offset at header byte 4092
+            assert mem.read(MIB + i * MIB, MIB) == struct.pack(">Q", i + 1) * (MIB // 8), i
+        assert mem.read(1011 * MIB + MIB - 8, 8) == struct.pack(">Q", 1011)  # the last u64
+
+
+def test_segment_of_1012_entries_is_refused(tmp_path):
+    """1012 entries cannot fit a segment header (0x34 + 4 x 1012 > 4096): the header claims
+    more entries than it can hold, one line, nothing read."""
+    path, _ = capped_segment(tmp_path, 1012, 1012)
+    one_line(path, r"entry_count 1012 for 1012 MiB \(at most 1011")
+
+
+def test_s390_output_keeps_the_dumps_moment(tmp_path):
+    """`dump --format s390` of a stand-alone dump keeps its header TOD, dumping CPU and
+    end-marker TOD (as `zgetdump -f s390` does: tests/test_zgetdump_oracle.py), not the time
+    of the conversion."""
+    src = sa.write_ext(tmp_path / "d.s390", MEM, SIZE)
+    out = tmp_path / "out.s390"
+    res = cli("dump", src, "--mode", "full", "--format", "s390", "-o", out)
+    assert res.exit_code == 0, res.stderr
+    data = out.read_bytes()
+    assert struct.unpack_from(">QQ", data, 0x38) == (sa.TOD, 0x85618000)
+    assert data[-16:] == sa.end_marker(sa.END_TOD)
+
+
+def test_a_listed_cpu_without_stored_status_is_named(tmp_path):
+    """lc_vec lists a third CPU whose save area holds nothing (prefix 0): left out with a
+    warning naming its lowcore (zgetdump writes it as a CPU of zero registers)."""
+    from sadump.analysis import analyse
+    from tests.fixtures.builder import Cpu
+
+    mem = {a: bytearray(b) for a, b in MEM.items()}
+    for n in range(2):
+        cpu = Cpu.distinct(n)
+        cpu.vx = None  # lowcore 0x11b0 holds text here: no vector area to follow
+        sa.store_status(mem, cpu)
+    mem[0][0x24000 + 0x1200:0x24000 + 0x1400] = bytes(512)
+    path = sa.write_ext(tmp_path / "d.s390", {a: bytes(b) for a, b in mem.items()}, SIZE,
+                        hdr={"prefixes": (0x20000, 0x22000, 0x24000)})
+    a = analyse(path)
+    try:
+        found = a.cpus()
+    finally:
+        a.close()
+    assert [c.prefix for c in found.cpus] == [0x20000, 0x22000]
+    assert any("lowcore 0x24000" in w and "no stored status" in w for w in found.warnings)

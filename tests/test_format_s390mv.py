@@ -208,3 +208,19 @@ def test_input_format_names_the_readers(tmp_path):
         assert d.format == "s390mv_ext"
     with pytest.raises(ImageError, match="not a volume of a multi-volume dump"):
         open_image([str(tmp_path / "t")], "s390mv_ext")
+
+
+@pytest.mark.parametrize("kind", ["partitions", "whole"])
+def test_real_d31_kdump_bitmaps(real_file, real_sets, kind, tmp_path):
+    """On the kdump path the two volumes' -d 31 bitmaps are makedumpfile's of the same moment
+    (volumes given in reverse order: sadump orders them by volnr)."""
+    from tests.test_dump_levels import kdump_parts
+
+    out = tmp_path / "d31.kdump"
+    res = cli("dump", *real_sets[kind][::-1], "-d", "31", "--format", "kdump", "-o", out)
+    assert res.exit_code == 0, res.stderr
+    ours, theirs = kdump_parts(out), kdump_parts(real_file("filter/rimg-kdump.d31.bitmaps"))
+    for key in ("block_size", "bitmap_blocks", "max_mapnr", "dump_level"):
+        assert ours[key] == theirs[key], key
+    assert ours["bitmap1"] == theirs["bitmap1"]
+    assert ours["bitmap2"] == theirs["bitmap2"]

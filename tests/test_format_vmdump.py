@@ -42,9 +42,12 @@ def write(tmp_path, data, name="dump.vmdump"):
     return path
 
 
-@pytest.fixture
-def dump(tmp_path):
-    data = vm.vmdump_bytes({n: page(n) for n in STORED}, RANGES, CPUS, empty_keys=(4,))
+@pytest.fixture(params=[vm.KEYS_REAL, (0x07, 0x06)], ids=["keys-real", "keys-with-storage-bits"])
+def dump(tmp_path, request):
+    """The real file's key bytes (0x01 / 0x00), and keys with storage-key bits set around the
+    "stored" bit 0x01, which alone counts."""
+    data = vm.vmdump_bytes({n: page(n) for n in STORED}, RANGES, CPUS, empty_keys=(4,),
+                           keys=request.param)
     assert data[vm.INDEX_OFF] == 0b11101000  # slot 3: no key page; slot 4: one storing none
     return write(tmp_path, data)
 
@@ -256,3 +259,21 @@ def test_real_bt_and_dmesg(real_file):
     raw = runner.invoke(app, ["dmesg", str(real_file("rimg-kdump.raw"))])
     assert ours.exit_code == raw.exit_code == Exit.OK
     assert ours.stdout == raw.stdout and "Linux version 6.1.192" in ours.stdout
+
+
+def test_real_d31_kdump_bitmaps(real_file, tmp_path):
+    """On the kdump path the VMDUMP's -d 31 bitmaps are makedumpfile's of the same moment."""
+    from typer.testing import CliRunner
+
+    from sadump.cli import app
+    from tests.test_dump_levels import kdump_parts
+
+    out = tmp_path / "d31.kdump"
+    res = CliRunner().invoke(app, ["dump", str(real_file("sa/rimg-kdump.vmdump")), "-d", "31",
+                                   "--format", "kdump", "-o", str(out)])
+    assert res.exit_code == 0, res.stderr
+    ours, theirs = kdump_parts(out), kdump_parts(real_file("filter/rimg-kdump.d31.bitmaps"))
+    for key in ("block_size", "bitmap_blocks", "max_mapnr", "dump_level"):
+        assert ours[key] == theirs[key], key
+    assert ours["bitmap1"] == theirs["bitmap1"]
+    assert ours["bitmap2"] == theirs["bitmap2"]

@@ -75,28 +75,38 @@ class CpuState:
         return None if self.vxrs is None else VxSaveArea.build({"vrs": self.vxrs})
 
 
-def _vx_area(mem: PhysicalMemory, lowcores: list[int]) -> bytes | None:
+def _vx_area(mem: PhysicalMemory, lowcores: list[int], exact: bool) -> bytes | None:
     """The vector registers at the address lowcore 0x11B0 (MCESAD) holds: a real address,
-    used as is (never translated). The first lowcore with a usable designation wins."""
+    used as is (never translated). The first lowcore with a usable designation wins.
+
+    exact: a stand-alone dumper's store status (spec sa-dump-formats 5): the dumper stores
+    the vector registers only when MCESAD is 1 KiB aligned (zipl's should_dump_vx), and
+    zgetdump reads them only then; with Linux's length bits in the low bits (machines with
+    guarded storage) the area holds no registers of the dump's moment."""
     for lc in lowcores:
         if not mem.is_present(lc + MCESAD_OFFSET, 8):
             continue
-        addr = mem.read_u64(lc + MCESAD_OFFSET) & MCESAD_ADDR_MASK
+        raw = mem.read_u64(lc + MCESAD_OFFSET)
+        if exact and raw & ~MCESAD_ADDR_MASK:
+            continue
+        addr = raw & MCESAD_ADDR_MASK
         if addr and mem.is_present(addr, VX_SAVE_AREA_SIZE):
             return mem.read(addr, VX_SAVE_AREA_SIZE)
     return None
 
 
-def read_save_area(mem: PhysicalMemory, lowcore: int, ipl: bool) -> CpuState | None:
+def read_save_area(mem: PhysicalMemory, lowcore: int, ipl: bool,
+                   dumper: bool = False) -> CpuState | None:
     """The save area in the lowcore at `lowcore`; VX from the CPU's own lowcore (for the
-    IPL CPU: the prefix area it names, then absolute 0)."""
+    IPL CPU: the prefix area it names, then absolute 0). dumper: the status a stand-alone
+    dumper stored (VX only through a 1 KiB aligned MCESAD, see _vx_area)."""
     at = lowcore + SAVE_AREA_OFFSET
     if not mem.is_present(at, SAVE_AREA_SIZE):
         return None
     cpu = CpuState.from_save_area(mem.read(at, SAVE_AREA_SIZE))
     if cpu.prefix == 0:
         return cpu
-    vx = _vx_area(mem, [cpu.prefix, 0] if ipl else [lowcore, cpu.prefix])
+    vx = _vx_area(mem, [cpu.prefix, 0] if ipl else [lowcore, cpu.prefix], exact=dumper)
     if vx is not None:
         cpu.vxrs = list(VxSaveArea.parse(vx).vrs)
     return cpu

@@ -158,25 +158,33 @@ def lowcore_addresses(memory: PhysicalMemory, kmem: KernelMemory,
     return [p for _, p in table], warnings
 
 
-def from_memory(mem: PhysicalMemory, lowcores: list[int]) -> tuple[list[CpuState], list[str]]:
+def from_memory(mem: PhysicalMemory, lowcores: list[int],
+                dumper: bool = False) -> tuple[list[CpuState], list[str]]:
     """The kernel's rule: the IPL (boot) CPU from absolute 0x1200 first, then each other CPU
-    from its prefix area; a save area holding prefix 0 has no stored status."""
+    from its prefix area; a save area holding prefix 0 has no stored status.
+
+    dumper: the lowcores are a stand-alone dumper's header list (lc_vec), into which it
+    stored every CPU's status, its own CPU's too (spec sa-dump-formats 5): those alone, as
+    zgetdump reads them; absolute 0x1200 is the dumper's own memory then, not a CPU."""
     warnings: list[str] = []
     cpus: list[CpuState] = []
     try:
-        ipl = read_save_area(mem, 0, ipl=True)
+        ipl = None if dumper else read_save_area(mem, 0, ipl=True)
         if ipl is not None and ipl.prefix:
             cpus.append(ipl)
         seen = {c.prefix for c in cpus}
         for lc in lowcores:
             if lc in seen:
                 continue  # the IPL CPU's own prefix area: 0x1200 already gave it
-            cpu = read_save_area(mem, lc, ipl=False)
+            cpu = read_save_area(mem, lc, ipl=False, dumper=dumper)
             if cpu is None:
                 warnings.append(f"lowcore {lc:#x} is not in the image: its CPU is left out")
             elif cpu.prefix and cpu.prefix not in seen:
                 cpus.append(cpu)
                 seen.update({lc, cpu.prefix})
+            elif dumper and not cpu.prefix:  # listed by the dumper, yet no status stored
+                warnings.append(f"the dump header lists a CPU at lowcore {lc:#x}, whose save "
+                                "area holds no stored status (prefix 0): its CPU is left out")
     except SadumpError as e:
         warnings.append(f"CPU save areas not readable: {e}")
     return cpus, warnings
@@ -197,7 +205,7 @@ def find_cpus(memory: PhysicalMemory, kmem: KernelMemory, info: VmcoreInfo | Non
         if cpus:
             return CpuFinding(cpus, "notes", warnings)
     lowcores, warnings = lowcore_addresses(memory, kmem, info)
-    cpus, more = from_memory(memory, lowcores)
+    cpus, more = from_memory(memory, lowcores, dumper=bool(memory.cpu_prefixes))
     warnings += more
     if cpus:
         return CpuFinding(cpus, "save areas", warnings)

@@ -59,12 +59,30 @@ def _patches(plan, segments, warnings: list[str]) -> list[tuple[int, bytes]]:
     return sorted(out)
 
 
+def _unreadable_vx(plan, segments, warnings: list[str]) -> None:
+    """A reader of the s390 format (zgetdump, sadump) takes the vector registers only through
+    a 1 KiB aligned lowcore 0x11B0, as the stand-alone dumper stores them; the kernel's own
+    store status uses the area with Linux's length bits set (machines with guarded storage),
+    and those registers would be silently lost: say so."""
+    mem = plan.memory
+    for cpu in plan.cpus.cpus:
+        at = cpu.prefix + MCESAD_OFFSET
+        if cpu.vxrs is None or not any(s.paddr <= at and at + 8 <= s.end for s in segments):
+            continue
+        mcesad = mem.read_u64(at)
+        if mcesad & ~MCESAD_ADDR_MASK:
+            warnings.append(f"CPU {cpu.prefix:#x}: lowcore 0x11B0 is {mcesad:#x}, not 1 KiB "
+                            "aligned: readers of the s390 format (zgetdump, sadump) take no "
+                            "vector registers from it; the ELF and kdump formats keep them")
+
+
 def layout(plan, options=None) -> S390Layout:
     """Memory segments only (no kernel-image PT_LOAD: the format is physical memory)."""
     segments = [s for s in plan.segments if s.what == "memory"]
     mem_size = max(s.end for s in segments)
     warnings: list[str] = []
     patches = _patches(plan, segments, warnings)
+    _unreadable_vx(plan, segments, warnings)
     em = 0 if plan.analysis.image.incomplete else EM_SIZE  # no end marker: incomplete
     size = HDR_SIZE + mem_size + em
     return S390Layout(size, need_bytes(plan, segments, size, HDR_SIZE + em),
@@ -73,9 +91,16 @@ def layout(plan, options=None) -> S390Layout:
 
 
 def write(plan, lay: S390Layout, sink: Sink) -> None:
-    tod = unix_to_tod(time.time())
+    """The dump's own moment when its dumper recorded one (the header's TOD, end-marker TOD
+    and dumping CPU of a stand-alone dump, z/VM's TOD: as `zgetdump -f s390` keeps them),
+    else now."""
+    facts = plan.memory.dumper
+    start = facts.start_tod if facts else None
+    tod = start if start else unix_to_tod(time.time())
+    end = (facts.end_tod or start) if start else None  # VMDUMP records no end
     prefixes = [c.prefix for c in plan.cpus.cpus]
-    sink.data(0, build_header(lay.mem_size, tod, prefixes))
+    sink.data(0, build_header(lay.mem_size, tod, prefixes,
+                              cpu_id=(facts.cpu_id or 0) if facts else 0))
     sink.stream_from(HDR_SIZE)
     pos = 0
     for seg, off in sorted(lay.segments, key=lambda p: p[0].paddr):
@@ -85,4 +110,4 @@ def write(plan, lay: S390Layout, sink: Sink) -> None:
         pos = seg.end
     if not plan.analysis.image.incomplete:  # an incomplete input's dump has no end marker either
         sink.data(HDR_SIZE + lay.mem_size,
-                  build_end_marker(max(tod, unix_to_tod(time.time()))))
+                  build_end_marker(max(tod, end or unix_to_tod(time.time()))))
