@@ -184,10 +184,8 @@ def inspect_meminfo(
         if json_out:
             write_stdout(json_text(report.analysis_json(analysis)))
         else:
-            from rich.console import Console
-
             with to_stdout():
-                report.render_inspect(analysis, Console(highlight=False))
+                report.render_inspect(analysis, stdout_console())
         if analysis.decision.path != KDUMP:
             err(report.trigger_sentence(analysis))
     finally:
@@ -217,6 +215,19 @@ def to_stdout():
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except OSError as e:
         raise fail(Exit.NOT_WRITTEN, f"cannot write to stdout: {e.strerror or e}") from None
+
+
+def stdout_console():
+    """rich's Console on stdout, for use inside to_stdout(): rich's own answer to a reader
+    that went away is SystemExit(1), which would replace the command's status."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Console(highlight=False)
 
 
 def write_stdout(text: str) -> None:
@@ -273,13 +284,11 @@ def info(source: SourceArg = None, json_out: JsonOpt = False, input_format: Inpu
         if json_out:
             write_stdout(json_text(crashinfo.info_json(analysis, ci)))
         elif sys.stdout.isatty():  # the class table with rich bars
-            from rich.console import Console
-
             from sadump.task_report import render_summary
 
             write_stdout("\n".join(crashinfo.info_lines(analysis, ci, False, False)) + "\n")
             with to_stdout():
-                console = Console(highlight=False)
+                console = stdout_console()
                 render_summary(ci.tasks, ci.tasks_error, console)
                 crashinfo.render_classes(ci.classes, ci.classes_error, console)
         else:
