@@ -259,7 +259,10 @@ def dmesg(
             raise fail(Exit.IMAGE_ERROR, f"no kernel log: {e}") from None
         records = log.records
         if since is not None:
-            records = [r for r in records if r.ts_nsec >= round(since * 1e9)]
+            # +-1e300 s are finite, but not in nanoseconds: an infinite bound keeps or drops all
+            limit = since * 1e9
+            limit = round(limit) if math.isfinite(limit) else limit
+            records = [r for r in records if r.ts_nsec >= limit]
         for w in analysis.warnings + log.warnings:
             err(f"warning: {w}")
         if json_out:

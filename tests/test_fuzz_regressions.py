@@ -26,3 +26,25 @@ def test_inspect_to_a_closed_pipe_keeps_its_status():
     errs = cut.stderr.read().decode()
     assert cut.wait(timeout=120) == whole.returncode, errs
     assert "Traceback" not in errs and "error" not in errs
+
+
+def test_since_boot_seconds_past_nanoseconds(tmp_path):
+    """--since-boot-seconds -1e308 is finite but -inf in nanoseconds: it was an internal error
+    (OverflowError); a bound that far keeps every record (or none, for +1e308)."""
+    from typer.testing import CliRunner
+
+    from sadump.cli import app
+    from tests.fixtures.builder import ImageSpec
+    from tests.fixtures.printk import PrbLog, write_with_log
+
+    log = PrbLog(count_bits=4, size_bits=9)
+    for i in range(20):
+        log.add(f"message {i}", ts_nsec=1_000_003 * i)
+    write_with_log(ImageSpec(), log, tmp_path / "mem")
+    runner = CliRunner()
+    every = runner.invoke(app, ["dmesg", str(tmp_path / "mem")])
+    assert every.exit_code == 0 and every.stdout.count("\n") == 16  # the ring keeps 16
+    low = runner.invoke(app, ["dmesg", str(tmp_path / "mem"), "--since-boot-seconds=-1e308"])
+    assert low.exit_code == 0 and low.stdout == every.stdout, low.stderr
+    high = runner.invoke(app, ["dmesg", str(tmp_path / "mem"), "--since-boot-seconds", "1e308"])
+    assert high.exit_code == 0 and high.stdout == "", high.stderr
