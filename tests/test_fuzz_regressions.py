@@ -19,7 +19,7 @@ def test_inspect_to_a_closed_pipe_keeps_its_status():
     """`sadump inspect-meminfo IMG | head -c 10`: rich's own broken-pipe handler exited 1
     (undocumented); the command ends quietly with the status it has with a reader."""
     whole = sadump("inspect-meminfo", "--sample")
-    out, errs = whole.communicate(timeout=120)
+    out, _ = whole.communicate(timeout=120)
     assert out and whole.returncode in (0, 3)
     cut = sadump("inspect-meminfo", "--sample")
     cut.stdout.close()  # the reader is gone before a byte is written
@@ -48,3 +48,23 @@ def test_since_boot_seconds_past_nanoseconds(tmp_path):
     assert low.exit_code == 0 and low.stdout == every.stdout, low.stderr
     high = runner.invoke(app, ["dmesg", str(tmp_path / "mem"), "--since-boot-seconds", "1e308"])
     assert high.exit_code == 0 and high.stdout == "", high.stderr
+
+
+def test_a_pipe_is_refused_not_waited_on(tmp_path):
+    """`sadump info <(zstdcat dump.zst)`: the probe read the pipe, then the reader opened it
+    again and waited for a writer forever. A FIFO, socket or device is one line, exit 4."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args in (["info", str(fifo)], ["dump", "--mode", "full", "-o", str(tmp_path / "out"),
+                                       str(fifo)], ["info", "/dev/zero"]):
+        p = sadump(*args)
+        try:
+            _, errs = p.communicate(timeout=60)
+        finally:
+            p.kill()
+        lines = errs.decode().splitlines()
+        assert p.returncode == 4 and len(lines) == 1, lines
+        assert "not a file: sadump reads an image in place" in lines[0]
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["fifo"]
