@@ -53,6 +53,10 @@ ALLOWED = {
 }
 TIMEOUT = 60
 MEM_CAP = 2 << 30
+#: peak resident memory (KiB) past which a run is a finding: a healthy one stays near 100 MiB
+RSS_LIMIT = 700 << 10
+#: GNU time reports each run's peak RSS where it is installed
+TIME = shutil.which("time", path="/usr/bin:/bin")
 
 
 def real_dir() -> Path:
@@ -89,6 +93,7 @@ class Outcome:
     rc: int | None
     verdict: str  # "ok" or what is wrong
     detail: str = ""
+    rss: int = 0  # peak resident KiB (GNU time), 0 when unknown
 
 
 def run(cmd: str, inputs: list[str], case: str, extra: list[str] | None = None,
@@ -97,14 +102,27 @@ def run(cmd: str, inputs: list[str], case: str, extra: list[str] | None = None,
     out_dir = tempfile.mkdtemp(prefix="rfuzz-out-", dir=os.environ.get("RFUZZ_TMP", "/tmp"))
     try:
         argv = sadump_argv(cmd, inputs, out_dir, extra or [])
+        if TIME:
+            argv = [TIME, "-f", "RFUZZ_MAXRSS=%M", *argv]
         try:
             p = subprocess.run(argv, check=False, capture_output=True, timeout=timeout, preexec_fn=_limit,
                                cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
         except subprocess.TimeoutExpired:
             return Outcome(case, cmd, None, "TIMEOUT")
         err = p.stderr.decode(errors="replace")
+        rss = 0
+        if TIME and "RFUZZ_MAXRSS=" in err:
+            err, _, tail = err.rpartition("RFUZZ_MAXRSS=")
+            rss = int(tail.strip() or 0)
+            lines = err.rstrip("\n").split("\n")
+            if lines and lines[-1].startswith("Command terminated by signal"):
+                return Outcome(case, cmd, None, f"SIGNAL {lines[-1].split()[-1]}")
+            if lines and lines[-1].startswith("Command exited with non-zero status"):
+                err = "\n".join(lines[:-1])
         last = err.strip().splitlines()[-1] if err.strip() else ""
         left = sorted(os.listdir(out_dir))
+        if rss > RSS_LIMIT:
+            return Outcome(case, cmd, p.returncode, "RSS", f"{rss >> 10} MiB {last}")
         if p.returncode < 0:
             return Outcome(case, cmd, p.returncode, f"SIGNAL {-p.returncode}", last)
         if "MemoryError" in err:
@@ -120,7 +138,7 @@ def run(cmd: str, inputs: list[str], case: str, extra: list[str] | None = None,
         if p.returncode == 4 and not any(ln.startswith("sadump: error:")
                                          for ln in err.splitlines()):
             return Outcome(case, cmd, p.returncode, "NOMESSAGE", last)
-        return Outcome(case, cmd, p.returncode, "ok", last[:160])
+        return Outcome(case, cmd, p.returncode, "ok", last[:160], rss)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
@@ -538,6 +556,43 @@ def btf_targeted(blob: bytes) -> list[Damage]:
     return cases
 
 
+# ---- kdump-compressed (flattened and plain) ------------------------------------------------
+
+def kdump_cases(rng: random.Random, path: str, n_flips: int) -> list[Damage]:
+    """The headers (disk_dump_header, kdump_sub_header, the notes) and bitmaps at the front,
+    the page descriptors and pages behind, by flips, field values and truncations."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(0x20000)
+    cases: list[Damage] = []
+    if head.startswith(b"makedumpfile"):  # flattened: 4 KiB header, then (offset, size) records
+        pos = 4096
+        for k in range(6):
+            if pos + 16 > len(head):
+                break
+            cases += field_damage(f"rec{k}.offset", pos, 8) + field_damage(f"rec{k}.size",
+                                                                            pos + 8, 8)
+            pos += 16 + int.from_bytes(head[pos + 8:pos + 16], "big")
+    else:
+        for name, o, w in [("block_size", 0x1ac, 4), ("sub_hdr_size", 0x1b0, 4),
+                           ("bitmap_blocks", 0x1b4, 4), ("max_mapnr", 0x1b8, 4),
+                           ("total_ram_blocks", 0x1bc, 4), ("device_blocks", 0x1c0, 4),
+                           ("written_blocks", 0x1c4, 4), ("current_cpu", 0x1c8, 4),
+                           ("nr_cpus", 0x1cc, 4), ("sub.phys_base", 0x1000, 8),
+                           ("sub.dump_level", 0x1008, 4), ("sub.split", 0x100c, 4),
+                           ("sub.offset_vmcoreinfo", 0x1020, 8),
+                           ("sub.size_vmcoreinfo", 0x1028, 8), ("sub.offset_note", 0x1030, 8),
+                           ("sub.size_note", 0x1038, 8), ("sub.offset_eraseinfo", 0x1040, 8),
+                           ("sub.size_eraseinfo", 0x1048, 8), ("sub.max_mapnr_64", 0x1060, 8)]:
+            cases += field_damage(f"hdr.{name}", o, w)  # s390x: big-endian
+    cases += flips(rng, "head", 0, min(size, 0x20000), n_flips)
+    cases += flips(rng, "anywhere", 0, size, n_flips)
+    points = {0, 16, 4096, 4096 + 16, 0x1000 * 3, size // 3, size // 2, size - 1}
+    points |= {rng.randrange(size) for _ in range(8)}
+    cases += [Damage(f"truncate@{p:#x}", truncate=p) for p in sorted(points)]
+    return cases
+
+
 # ---- groups -----------------------------------------------------------------------------------
 
 CMDS_SA = ["info", "inspect", "dump-full", "dump-d31", "bt", "dmesg"]
@@ -609,6 +664,15 @@ def build_jobs(group: str, rng: random.Random, work: str, n_flips: int) -> list:
             src = ngdump_source(work, features)
             jobs += file_group(rng, work, src, ngdump_cases(rng, src, n_flips),
                                ["info", "inspect", "dump-full", "dmesg"])
+    if group in ("kdump", "all"):
+        flat = str(R / "deb13/deb13hung-a.qemu-kdump-zlib.flat")
+        plain = os.path.join(work, "deb13.kdump")
+        subprocess.run([sys.executable, "-m", "sadump", "dump", flat, "--mode", "full",
+                        "--format", "kdump", "--compress", "zlib", "-d", "1", "-o", plain],
+                       check=True, capture_output=True, cwd=ROOT)
+        for src in (flat, plain):
+            jobs += file_group(rng, work, src, kdump_cases(rng, src, n_flips),
+                               ["info", "dump-d31", "dump-full", "dmesg", "ps", "bt"])
     if group in ("btf", "all"):
         src = str(R / "deb13/deb13hung-a.btf-vmlinux.bin")
         img = str(R / "deb13/deb13hung-a.qemu-kdump-zlib.flat")
@@ -622,8 +686,8 @@ def build_jobs(group: str, rng: random.Random, work: str, n_flips: int) -> list:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--group", default="all",
-                    choices=["all", "sa_ext", "mv", "vmdump", "ngdump", "btf", "kernel",
-                             "shrink"])
+                    choices=["all", "sa_ext", "mv", "vmdump", "ngdump", "kdump", "btf",
+                             "kernel", "shrink"])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--flips", type=int, default=30, help="random flip cases per region")
     ap.add_argument("--max-cases", type=int, default=0, help="a random sample of the cases")
@@ -677,6 +741,10 @@ def report(outcomes: list[Outcome], log: str | None) -> None:
     for (cmd, v), n in sorted(by.items(), key=str):
         print(f"  {cmd:10} {v:10} {n}")
     print("  exit statuses:", dict(sorted(rcs.items(), key=str)))
+    peak: dict[str, int] = {}
+    for o in outcomes:
+        peak[o.cmd] = max(peak.get(o.cmd, 0), o.rss)
+    print("  peak RSS (MiB):", {c: r >> 10 for c, r in sorted(peak.items())})
 
 
 if __name__ == "__main__":
