@@ -105,6 +105,13 @@ def kernel_cases(rng: random.Random, places: dict, blob: bytes, n_flips: int) ->
     cases += flips(rng, "mod0.struct", places["mod0.struct"], places["mod0.struct"] + 0x400,
                    n_flips)
     ptr("lowcore_ptr[0]", places["lowcore_ptr"])
+    # the store-status save area (absolute 0x1200..0x1400: PSW, prefix, registers) and
+    # CPU 0's lowcore (stack pointers, current task, per-CPU offset)
+    for name, o in [("psw.addr", 0x1308), ("prefix", 0x1318 - 4), ("gpr15", 0x1380 + 15 * 8)]:
+        ptr(f"save_area.{name}", o)
+    cases += flips(rng, "save_area", 0x1200, 0x1400, n_flips // 2)
+    cases += flips(rng, "lowcore0", places["lowcore0"] + 0x300, places["lowcore0"] + 0x400,
+                   n_flips // 2)
     ptr("lowcore0.current_task", places["lowcore0.current_task"])
     # BTF in memory: the damage of a --btf FILE, at the section's physical pages
     for b in btf_cases(rng, blob, n_flips):
