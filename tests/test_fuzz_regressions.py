@@ -68,3 +68,35 @@ def test_a_pipe_is_refused_not_waited_on(tmp_path):
         assert p.returncode == 4 and len(lines) == 1, lines
         assert "not a file: sadump reads an image in place" in lines[0]
     assert sorted(q.name for q in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_force_does_not_replace_a_device_or_pipe(tmp_path):
+    """`dump -o /dev/full --force` renamed the dump over the device node (a 1 GiB file in
+    /dev, as root). An output path that is (or links to) no regular file is refused, force
+    or not, and left as it was; a link to a regular file is still replaced."""
+    import os
+    import stat
+
+    from typer.testing import CliRunner
+
+    from sadump.cli import Exit, app
+    from tests.fixtures.builder import ImageSpec, write_raw
+
+    image = write_raw(ImageSpec(cpus=[]), tmp_path / "mem.raw")
+    fifo, link = tmp_path / "fifo", tmp_path / "link"
+    os.mkfifo(fifo)
+    link.symlink_to(fifo)
+    runner = CliRunner()
+    for target in (fifo, link):
+        for force in ([], ["--force"]):
+            res = runner.invoke(app, ["dump", str(image), "--mode", "full", "-o", str(target),
+                                      *force])
+            assert res.exit_code == Exit.NOT_WRITTEN, res.stderr
+            assert "is a pipe (FIFO), not a file: not replaced" in res.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink()
+    (tmp_path / "old").write_bytes(b"old")
+    link.unlink()
+    link.symlink_to(tmp_path / "old")
+    res = runner.invoke(app, ["dump", str(image), "--mode", "full", "-o", str(link), "--force"])
+    assert res.exit_code == Exit.OK and not link.is_symlink() and link.stat().st_size > 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link", "mem.raw", "old"]
