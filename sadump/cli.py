@@ -564,6 +564,8 @@ def dump(
     if dump_level and fmt == "s390":
         raise fail(Exit.USAGE, f"--dump-level {dump_level}: the s390 format cannot mark a page "
                    "as left out (use --format kdump or elf)")
+    if output is not None and not output.strip():
+        raise fail(Exit.USAGE, f"--output {output!r}: a file name, or - for stdout")
     options = writer_options(fmt, compress.value if compress else None, jobs, flatten,
                              output == "-", verify.value if verify else None)
     target = output or ("dump.s390" if fmt == "s390" else "vmcore.flat" if flatten

@@ -100,3 +100,18 @@ def test_force_does_not_replace_a_device_or_pipe(tmp_path):
     res = runner.invoke(app, ["dump", str(image), "--mode", "full", "-o", str(link), "--force"])
     assert res.exit_code == Exit.OK and not link.is_symlink() and link.stat().st_size > 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link", "mem.raw", "old"]
+
+
+def test_an_empty_output_name_is_a_usage_error(tmp_path, monkeypatch):
+    """`-o ""` (an unset shell variable: -o "$OUT") wrote ./vmcore as if -o were not given."""
+    from typer.testing import CliRunner
+
+    from sadump.cli import Exit, app
+    from tests.fixtures.builder import ImageSpec, write_raw
+
+    image = write_raw(ImageSpec(cpus=[]), tmp_path / "mem.raw")
+    monkeypatch.chdir(tmp_path)
+    for name in ("", " "):
+        res = CliRunner().invoke(app, ["dump", str(image), "--mode", "full", "-o", name])
+        assert res.exit_code == Exit.USAGE and "a file name, or - for stdout" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mem.raw"]
