@@ -62,6 +62,40 @@ def locate(raw: str) -> dict:
     return places
 
 
+def vmcoreinfo_copies(raw: str) -> tuple[list[int], bytes]:
+    """Physical addresses of every copy of the VMCOREINFO text, and the text."""
+    import mmap
+
+    with open(raw, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        found, text = [], b""
+        at = m.find(b"OSRELEASE=")
+        while at >= 0 and len(found) < 8:
+            end = m.find(b"\0", at, at + 65536)
+            if end - at > 1000:  # the note's text, not the printf format in the image
+                found.append(at)
+                text = m[at:end]
+            at = m.find(b"OSRELEASE=", at + 1)
+    return found, text
+
+
+def vmcoreinfo_cases(rng: random.Random, copies: list[int], text: bytes,
+                     n: int) -> list[Damage]:
+    """Each KEY=VALUE's value replaced by one as long: all 9s, all 0s, all f (huge hex),
+    a minus sign: in every copy at once."""
+    cases = []
+    pos = 0
+    for line in text.split(b"\n"):
+        key, eq, value = line.partition(b"=")
+        if eq and value and key != b"OSRELEASE":
+            at = pos + len(key) + 1
+            for name, new in (("9s", b"9" * len(value)), ("0s", b"0" * len(value)),
+                              ("fs", b"f" * len(value)), ("minus", b"-" + value[1:])):
+                cases.append(Damage(f"vmcoreinfo {key.decode()}={name}",
+                                    [(c + at, new) for c in copies]))
+        pos += len(line) + 1
+    return rng.sample(cases, min(n, len(cases)))
+
+
 def btf_paddr(places: dict, o: int) -> int:
     start, _, pages = places["btf"]
     return pages[(start + o) // 4096 - start // 4096] + (start + o) % 4096
@@ -131,6 +165,8 @@ def kernel_campaign(rng: random.Random, work: str, n_flips: int, max_cases: int 
         blob = b"".join(_pread(f, btf_paddr(places, o), min(4096, size - o))
                         for o in range(0, size, 4096))
     cases = kernel_cases(rng, places, blob, n_flips)
+    copies, text = vmcoreinfo_copies(raw)
+    cases += vmcoreinfo_cases(rng, copies, text, 10 * n_flips)
     if max_cases and len(cases) > max_cases:
         cases = rng.sample(cases, max_cases)
     copies = []
@@ -150,6 +186,8 @@ def kernel_campaign(rng: random.Random, work: str, n_flips: int, max_cases: int 
                     os.pwrite(f.fileno(), b, o)
             try:
                 cmds = CMDS if n < 2 else [CMDS[n % len(CMDS)]]
+                if d.name.startswith("vmcoreinfo"):  # the filter and the log read it too
+                    cmds = [["dump-d31", "dmesg", "bt", "info"][n % 4]]
                 got = [run(c, [copy], f"deb13hung-a.raw: {d.name}") for c in cmds]
             finally:
                 with open(copy, "r+b") as f:
