@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -115,3 +117,32 @@ def test_an_empty_output_name_is_a_usage_error(tmp_path, monkeypatch):
         res = CliRunner().invoke(app, ["dump", str(image), "--mode", "full", "-o", name])
         assert res.exit_code == Exit.USAGE and "a file name, or - for stdout" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mem.raw"]
+
+
+@pytest.mark.parametrize("layout", [{}, {"kaslr_offset": 0x3FFE0000000,
+                                         "identity_base": 0x10000000000}])
+def test_a_read_across_the_top_of_the_address_space_ends(layout):
+    """A damaged pointer (a task's kthread + an offset) read 8 bytes at 2^64 - 4: runs()
+    reached 2^64, where no rule ends, and looped forever (`ps` hung). It is a
+    TranslationError now, as is a negative address."""
+    import signal
+
+    from sadump.kernel.translate import KernelLayout, KernelMemory, TranslationError
+    from tests.fixtures.builder import Memory
+    from tests.synthetic_memory import SyntheticMemory
+
+    kmem = KernelMemory(SyntheticMemory(Memory(), 1 << 20), KernelLayout(**layout))
+
+    def hung(*_):
+        raise TimeoutError("the read did not end")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        for vaddr, size in ((2**64 - 4, 8), (2**64 - 1, 2), (-8, 8), (2**64, 8)):
+            with pytest.raises(TranslationError, match="past the 64-bit address space"):
+                kmem.read(vaddr, size)
+            assert not kmem.is_readable(vaddr, size)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
