@@ -146,3 +146,16 @@ def test_a_read_across_the_top_of_the_address_space_ends(layout):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_a_vmcoreinfo_address_below_zero_or_past_64_bits_is_no_address():
+    """SYMBOL(lowcore_ptr)=-fffff48210 was read as a negative address ("memory
+    [-0xfffff48210, ...) is not present"); %lx never prints one: it is unreadable, like zz."""
+    from sadump.kernel.vmcoreinfo import VmcoreInfo
+
+    info = VmcoreInfo("SYMBOL(a)=-fffff48210\nSYMBOL(b)=10000000000000000\n"
+                      "SYMBOL(c)=ffffffffffffffff\nKERNELOFFSET=-1\nSYMBOL(d)=zz\n"
+                      "NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)=-129\n")
+    assert info.symbol("a") is None and info.symbol("b") is None and info.symbol("d") is None
+    assert info.symbol("c") == (1 << 64) - 1 and info.hex("KERNELOFFSET") is None
+    assert info.number("PAGE_BUDDY_MAPCOUNT_VALUE") == -129  # %ld: negative is fine
