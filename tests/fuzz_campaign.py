@@ -592,6 +592,38 @@ def kdump_cases(rng: random.Random, path: str, n_flips: int) -> list[Damage]:
     return cases
 
 
+# ---- tape copies and the classic s390 format ------------------------------------------------
+
+def tape_source(work: str) -> list[str]:
+    """A tape copy (tests.fixtures.sa_dumps.tape) of the deb13 image's first 64 MiB, and the
+    classic s390 dump sadump writes of the VMDUMP (1 GiB, sparse)."""
+    from tests.fixtures.sa_dumps import tape
+
+    with open(real_dir() / "deb13/deb13hung-a.raw", "rb") as f:
+        mem = f.read(64 * MIB)
+    path = os.path.join(work, "deb13-64m.tape")
+    with open(path, "wb") as out:
+        out.write(tape(mem))
+    classic = os.path.join(work, "vmdump.s390")
+    subprocess.run([sys.executable, "-m", "sadump", "dump", str(real_dir() / "sa/rimg-kdump.vmdump"),
+                    "--mode", "full", "--format", "s390", "-o", classic],
+                   check=True, capture_output=True, cwd=ROOT)
+    return [path, classic]
+
+
+def tape_cases(rng: random.Random, path: str, n_flips: int) -> list[Damage]:
+    cases: list[Damage] = []
+    for name, off, w in HDR_FIELDS:
+        cases += field_damage(f"hdr.{name}", off, w)
+    size = os.path.getsize(path)
+    cases += field_damage("em.magic", size - 16, 8) + field_damage("em.tod", size - 8, 8)
+    points = {0, 1, 0x1000, 0x1001, 0x9000, size - 1, size - 16, size // 2}
+    points |= {rng.randrange(size) for _ in range(8)}
+    cases += [Damage(f"truncate@{p:#x}", truncate=p) for p in sorted(points)]
+    cases += flips(rng, "hdr", 0, 4096, n_flips)
+    return cases
+
+
 # ---- groups -----------------------------------------------------------------------------------
 
 CMDS_SA = ["info", "inspect", "dump-full", "dump-d31", "bt", "dmesg"]
@@ -663,6 +695,10 @@ def build_jobs(group: str, rng: random.Random, work: str, n_flips: int) -> list:
             src = ngdump_source(work, features)
             jobs += file_group(rng, work, src, ngdump_cases(rng, src, n_flips),
                                ["info", "inspect", "dump-full", "dmesg"])
+    if group in ("tape", "all"):
+        for src in tape_source(work):
+            jobs += file_group(rng, work, src, tape_cases(rng, src, n_flips),
+                               ["info", "inspect", "dump-full", "bt"])
     if group in ("kdump", "all"):
         flat = str(R / "deb13/deb13hung-a.qemu-kdump-zlib.flat")
         plain = os.path.join(work, "deb13.kdump")
@@ -685,8 +721,8 @@ def build_jobs(group: str, rng: random.Random, work: str, n_flips: int) -> list:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--group", default="all",
-                    choices=["all", "sa_ext", "mv", "vmdump", "ngdump", "kdump", "btf",
-                             "kernel", "shrink"])
+                    choices=["all", "sa_ext", "mv", "vmdump", "ngdump", "kdump", "tape",
+                             "btf", "kernel", "shrink"])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--flips", type=int, default=30, help="random flip cases per region")
     ap.add_argument("--max-cases", type=int, default=0, help="a random sample of the cases")
