@@ -50,6 +50,10 @@ ALLOWED = {
     "modules": {0, 4, 7},
     "bt-all": {0, 4, 7},
     "bt-D": {0, 4, 7},
+    "ps-json": {0, 4, 7},
+    "bt-all-json": {0, 4, 7},
+    "modules-json": {0, 4, 7},
+    "bt-json": {0, 4},
 }
 TIMEOUT = 60
 MEM_CAP = 2 << 30
@@ -78,6 +82,10 @@ def sadump_argv(cmd: str, inputs: list[str], out_dir: str, extra: list[str]) -> 
         "modules": ["modules"],
         "bt-all": ["bt", "--all"],
         "bt-D": ["bt", "--state", "D"],
+        "ps-json": ["ps", "--json"],
+        "bt-all-json": ["bt", "--all", "--json"],
+        "modules-json": ["modules", "--json"],
+        "bt-json": ["bt", "--json"],
     }[cmd] + extra + inputs
 
 
@@ -134,6 +142,11 @@ def run(cmd: str, inputs: list[str], case: str, extra: list[str] | None = None,
             want = ["vmcore"] if p.returncode in (0, 3) else []
             if left != want:
                 return Outcome(case, cmd, p.returncode, "LEFTOVER", f"{left} {last}")
+        if (cmd.endswith("json") or cmd in ("info", "inspect")) and p.returncode in (0, 3):
+            try:
+                json.loads(p.stdout)
+            except ValueError as e:
+                return Outcome(case, cmd, p.returncode, "BADJSON", f"{e} {last}")
         if p.returncode == 4 and not any(ln.startswith("sadump: error:")
                                          for ln in err.splitlines()):
             return Outcome(case, cmd, p.returncode, "NOMESSAGE", last)

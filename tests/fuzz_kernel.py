@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tests.fuzz_campaign import VALUES, Damage, Outcome, real_dir, run
 
-CMDS = ["ps", "bt-all", "bt-D", "modules", "info"]
+CMDS = ["ps", "bt-all", "bt-D", "modules", "info", "ps-json", "bt-all-json", "modules-json",
+        "bt-json"]
 
 
 def locate(raw: str) -> dict:
