@@ -54,6 +54,8 @@ ALLOWED = {
     "bt-all-json": {0, 4, 7},
     "modules-json": {0, 4, 7},
     "bt-json": {0, 4},
+    "info-text": {0, 4},
+    "inspect-text": {0, 3, 4},
 }
 TIMEOUT = 60
 MEM_CAP = 2 << 30
@@ -86,6 +88,8 @@ def sadump_argv(cmd: str, inputs: list[str], out_dir: str, extra: list[str]) -> 
         "bt-all-json": ["bt", "--all", "--json"],
         "modules-json": ["modules", "--json"],
         "bt-json": ["bt", "--json"],
+        "info-text": ["info"],
+        "inspect-text": ["inspect-meminfo"],
     }[cmd] + extra + inputs
 
 
@@ -639,7 +643,8 @@ def tape_cases(rng: random.Random, path: str, n_flips: int) -> list[Damage]:
 
 # ---- groups -----------------------------------------------------------------------------------
 
-CMDS_SA = ["info", "inspect", "dump-full", "dump-d31", "bt", "dmesg"]
+CMDS_SA = ["info", "inspect", "dump-full", "dump-d31", "bt", "dmesg", "info-text",
+           "inspect-text"]
 CMDS_KERNEL = ["ps", "bt-all", "bt-D", "modules", "info"]
 
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tests.fuzz_campaign import VALUES, Damage, Outcome, real_dir, run
 
 CMDS = ["ps", "bt-all", "bt-D", "modules", "info", "ps-json", "bt-all-json", "modules-json",
-        "bt-json"]
+        "bt-json", "info-text"]
 
 
 def locate(raw: str) -> dict:
