@@ -184,10 +184,8 @@ def inspect_meminfo(
         if json_out:
             write_stdout(json_text(report.analysis_json(analysis)))
         else:
-            from rich.console import Console
-
             with to_stdout():
-                report.render_inspect(analysis, Console(highlight=False))
+                report.render_inspect(analysis, stdout_console())
         if analysis.decision.path != KDUMP:
             err(report.trigger_sentence(analysis))
     finally:
@@ -219,6 +217,19 @@ def to_stdout():
         raise fail(Exit.NOT_WRITTEN, f"cannot write to stdout: {e.strerror or e}") from None
 
 
+def stdout_console():
+    """rich's Console on stdout, for use inside to_stdout(): rich's own answer to a reader
+    that went away is SystemExit(1), which would replace the command's status."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Console(highlight=False)
+
+
 def write_stdout(text: str) -> None:
     with to_stdout():
         sys.stdout.write(text)
@@ -248,7 +259,10 @@ def dmesg(
             raise fail(Exit.IMAGE_ERROR, f"no kernel log: {e}") from None
         records = log.records
         if since is not None:
-            records = [r for r in records if r.ts_nsec >= round(since * 1e9)]
+            # +-1e300 s are finite, but not in nanoseconds: an infinite bound keeps or drops all
+            limit = since * 1e9
+            limit = round(limit) if math.isfinite(limit) else limit
+            records = [r for r in records if r.ts_nsec >= limit]
         for w in analysis.warnings + log.warnings:
             err(f"warning: {w}")
         if json_out:
@@ -273,13 +287,11 @@ def info(source: SourceArg = None, json_out: JsonOpt = False, input_format: Inpu
         if json_out:
             write_stdout(json_text(crashinfo.info_json(analysis, ci)))
         elif sys.stdout.isatty():  # the class table with rich bars
-            from rich.console import Console
-
             from sadump.render.tasks import render_summary
 
             write_stdout("\n".join(crashinfo.info_lines(analysis, ci, False, False)) + "\n")
             with to_stdout():
-                console = Console(highlight=False)
+                console = stdout_console()
                 render_summary(ci.tasks, ci.tasks_error, console)
                 crashinfo.render_classes(ci.classes, ci.classes_error, console)
         else:
@@ -554,6 +566,8 @@ def dump(
     if dump_level and fmt == "s390":
         raise fail(Exit.USAGE, f"--dump-level {dump_level}: the s390 format cannot mark a page "
                    "as left out (use --format kdump or elf)")
+    if output is not None and not output.strip():
+        raise fail(Exit.USAGE, f"--output {output!r}: a file name, or - for stdout")
     options = writer_options(fmt, compress.value if compress else None, jobs, flatten,
                              output == "-", verify.value if verify else None)
     target = output or ("dump.s390" if fmt == "s390" else "vmcore.flat" if flatten

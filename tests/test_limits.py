@@ -213,29 +213,39 @@ def test_image_shrinks_while_dump_runs(tmp_path, where, n):
 
 # ---- 5: Ctrl-C while a command is busy ----------------------------------------------------
 
+BLOCK_IN_READ = """
+import os, sys, time
+from sadump.formats.raw import RawImage
+marker = sys.argv[1]
+def blocked(*a, **k):  # a read that never returns, as from a stalled device or mount
+    open(marker, "w").close()
+    time.sleep(3600)
+RawImage._read = blocked
+sys.argv = ["sadump", *sys.argv[2:]]
+from sadump.cli import main
+main()
+"""
+
+
 @pytest.mark.parametrize("command", ["inspect-meminfo", "dmesg", "info"])
 def test_ctrl_c_prints_interrupted(tmp_path, command):
-    """The command blocks reading a FIFO nobody writes to; SIGINT then."""
-    fifo = tmp_path / "image"
-    os.mkfifo(fifo)
+    """The command blocks in a read of the image that never returns; SIGINT then. (A FIFO
+    did this before; sadump now refuses one by name instead of waiting on it.)"""
+    image = hostile.sample_raw(tmp_path / "mem.raw")
+    marker = tmp_path / "blocked"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.Popen([sys.executable, "-m", "sadump", command, str(fifo)], env=env,
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    writer = -1
+    p = subprocess.Popen([sys.executable, "-c", BLOCK_IN_READ, str(marker), command,
+                          str(image)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
-        while writer < 0:  # opens once sadump has opened the FIFO for reading
-            try:
-                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:
-                assert time.monotonic() < deadline and p.poll() is None
-                time.sleep(0.05)
-        time.sleep(0.2)  # now blocked in read()
+        while not marker.exists():
+            assert time.monotonic() < deadline and p.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.2)  # now asleep in the read
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=30)
     finally:
-        if writer >= 0:
-            os.close(writer)
         if p.poll() is None:
             p.kill()
             p.wait()

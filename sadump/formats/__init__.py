@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import stat
 from collections.abc import Sequence
 
 from sadump.errors import ImageError
@@ -32,7 +33,20 @@ def reader_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
+#: what a path that is no regular file is, for the message (opening a FIFO would block)
+_NOT_REGULAR = ((stat.S_ISFIFO, "pipe (FIFO)"), (stat.S_ISSOCK, "socket"),
+                (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
 def _head(path: str) -> bytes:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = stat.S_IFREG  # open() below says why
+    for test, kind in _NOT_REGULAR:
+        if test(mode):
+            raise ImageError(f"{path}: is a {kind}, not a file: sadump reads an image in "
+                             "place; copy it into a file first (dd, zstdcat > FILE)")
     try:
         with open(path, "rb") as f:
             head = f.read(PROBE_BYTES)

@@ -190,6 +190,10 @@ class KernelMemory:
         """(virtual, physical, length) pieces of [vaddr, vaddr + size), physically contiguous
         each; raises TranslationError at the first unmapped byte."""
         end = vaddr + size
+        if vaddr < 0 or end > 1 << 64:
+            # past the top no rule ends (linear_end is 2^64): the loop would not advance
+            raise TranslationError(f"[{vaddr:#x}, +{size:#x}) runs past the 64-bit address "
+                                   "space")
         cur: list[int] | None = None
         while vaddr < end:
             paddr = self.layout.linear(vaddr)

@@ -32,11 +32,14 @@ class VmcoreInfo:
         return self.values.get(key)
 
     def hex(self, key: str) -> int | None:
+        """A %lx value: one that is negative or wider than 64 bits is as unreadable as
+        "zz" (it would become an address below 0 or past 2^64)."""
         value = self.values.get(key)
         try:
-            return int(value, 16) if value is not None else None
+            n = int(value, 16) if value is not None else None
         except ValueError:
             return None
+        return n if n is None or 0 <= n < 1 << 64 else None
 
     def dec(self, key: str) -> int | None:
         value = self.values.get(key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -47,6 +48,20 @@ NO_WRITE_BEHIND = {errno.EINVAL, errno.ESPIPE, errno.ENOSYS, errno.EOPNOTSUPP}
 #: while sadump goes on (the disk works during the copy, not all at the final fsync), and a
 #: window on disk leaves the page cache (a 1 TiB dump does not push every other file out)
 WRITE_BEHIND = 16 * MIB
+
+
+def _not_a_file(path: str) -> str | None:
+    """What an existing output path is when it is not a regular file (a link is judged by
+    what it leads to; a dangling link is replaced like a file), else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "pipe (FIFO)"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return None
 
 
 class OutputError(SadumpError):
@@ -108,9 +123,14 @@ class Sink:
             raise OutputError(f"folder {folder} does not exist: nothing written")
         if os.path.isdir(path):
             raise OutputError(f"{self.target} is a folder: nothing written")
-        if os.path.lexists(path) and not force:
-            raise OutputError(f"{self.target} exists: not overwritten (use --force): "
-                              "nothing written")
+        if os.path.lexists(path):
+            kind = _not_a_file(path)
+            if kind:  # --force renames over it: /dev/full would become a file in /dev
+                raise OutputError(f"{self.target} is a {kind}, not a file: not replaced "
+                                  f"(to write into it: -o - > {self.target}): nothing written")
+            if not force:
+                raise OutputError(f"{self.target} exists: not overwritten (use --force): "
+                                  "nothing written")
         try:
             st = os.statvfs(folder)
         except OSError as e:
