@@ -59,8 +59,8 @@ ALLOWED = {
 }
 TIMEOUT = 60
 MEM_CAP = 2 << 30
-#: peak resident memory (KiB) past which a run is a finding: a healthy one stays near 100 MiB
-RSS_LIMIT = 700 << 10
+#: peak resident memory (KiB) past which a run is a finding: a healthy one stays under 100 MiB
+RSS_LIMIT = 300 << 10
 #: GNU time reports each run's peak RSS where it is installed
 TIME = shutil.which("time", path="/usr/bin:/bin")
 

@@ -195,7 +195,8 @@ def test_truncated_pages_are_incomplete(tmp_path):
 
 @pytest.mark.parametrize("where, value, match", [
     (vm.ASIZBK_RANGE_COUNT_OFF, 0xFFFFFFFF, "4294967295 storage ranges"),
-    (vm.FIR_ONLINE_CPUS_OFF, 0xFFFF, "FIR records of 65535 more CPUs"),
+    (vm.FIR_ONLINE_CPUS_OFF, 0xFFFF, "FIR lists 65535 more CPUs: a machine has at most 512"),
+    (vm.FIR_ONLINE_CPUS_OFF, 200, "truncated: the FIR records of 200 more CPUs"),
     (vm.ASIZBK_OFF + 0x160, 0x123, "storage range 0 .* not whole pages"),
     (vm.ASIZBK_OFF + 0x168, (1 << 60) - 1, "past what s390x can address"),
     (vm.ASIZBK_OFF, 0, "not the ASIZBK record"),

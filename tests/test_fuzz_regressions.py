@@ -159,3 +159,27 @@ def test_a_vmcoreinfo_address_below_zero_or_past_64_bits_is_no_address():
     assert info.symbol("a") is None and info.symbol("b") is None and info.symbol("d") is None
     assert info.symbol("c") == (1 << 64) - 1 and info.hex("KERNELOFFSET") is None
     assert info.number("PAGE_BUDDY_MAPCOUNT_VALUE") == -129  # %ld: negative is fine
+
+
+@pytest.mark.parametrize("cpus", [512, 0xFFFF])
+def test_vmdump_cpu_count_is_bounded(real_file, tmp_path, cpus):
+    """The FIR's online_cpus (a 16-bit count of the other CPUs' records) at 0xffff made
+    65535 CPUs' register notes: `info` grew to 441 MiB, `dump -d 31` to 562 MiB. A count
+    past what a machine can have (512 CPUs) is one line, exit 4."""
+    import shutil
+    import struct
+
+    from typer.testing import CliRunner
+
+    from sadump.cli import Exit, app
+
+    path = tmp_path / "vmdump"
+    shutil.copyfile(real_file("sa/rimg-kdump.vmdump"), path)
+    with open(path, "r+b") as f:
+        f.seek(4096 + 8)  # FMBK: the FIR's record number
+        (fir_rec,) = struct.unpack(">I", f.read(4))
+        f.seek((fir_rec - 1) * 4096 + 0x390)
+        f.write(struct.pack(">H", cpus))
+    res = CliRunner().invoke(app, ["info", str(path)])
+    assert res.exit_code == Exit.IMAGE_ERROR, res.stderr
+    assert f"the FIR lists {cpus} more CPUs: a machine has at most 512" in res.stderr

@@ -21,6 +21,7 @@ from construct import Array, Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, 
 from sadump.errors import ImageError
 from sadump.formats.memory import DumperFacts, Extent, FileImage, RangeList, check_phys_end
 from sadump.formats.regnotes import register_notes
+from sadump.formats.s390 import CPU_MAX
 
 PAGE = 4096
 ADSR_MAGIC = b"\xe2\xd9"  # "SR"
@@ -172,6 +173,9 @@ class VmDump(FileImage):
                                  f"{fir.fir_format:#04x}): only 64big (0x02) is read")
             raise ImageError(f"unknown VMDUMP FIR format {fir.fir_format:#04x}: only 64big "
                              "(0x02) is read")
+        if fir.online_cpus >= CPU_MAX:  # 0xffff would be 65535 CPUs' notes in memory
+            raise ImageError(f"the FIR lists {fir.online_cpus} more CPUs: a machine has at "
+                             f"most {CPU_MAX}")
         others_off = fir_off + Fir64.sizeof()
         raw = self._record(f"FIR records of {fir.online_cpus} more CPUs", others_off,
                            fir.online_cpus * FirOther64.sizeof())
