@@ -236,7 +236,8 @@ class DumperFacts:
 class PhysicalMemory(ABC):
     """Physical memory of one system, as read from an image file."""
 
-    #: short format name: raw, elf, s390, kdump, kdump-flat
+    #: short format name: raw, elf, s390, s390_ext, s390mv_ext, s390tape, vmdump, ngdump, kdump,
+    #: kdump-flat
     format: str = "?"
     #: the format itself records all-zero memory it skipped (s390_ext's MiBs between
     #: segments): a small file can truthfully describe a large machine, so its memory is not
