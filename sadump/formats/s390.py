@@ -112,7 +112,35 @@ def build_end_marker(tod: int) -> bytes:
     return DfS390Em.build({"tod": tod})
 
 
-class S390Dump(FileImage):
+def end_marker(read, file_size: int, off: int, tod: int) -> tuple[int | None, str | None]:
+    """(end TOD, None) for a valid end marker at off, else (None, why not): every dump of
+    this family (classic, s390_ext, multi-volume, tape) ends with the same 16 bytes."""
+    if off + EM_SIZE > file_size:
+        return None, f"no end marker: the file ends at {file_size:#x}, it belongs at {off:#x}"
+    em = DfS390Em.parse(read(off, EM_SIZE))
+    if em.magic != EM_STR:
+        return None, f"no end marker at {off:#x} (the bytes are {em.magic!r})"
+    if em.tod < tod:
+        return None, f"the end marker's TOD {em.tod:#x} is earlier than the header's {tod:#x}"
+    return em.tod, None
+
+
+class LinearDump(FileImage):
+    """Memory [0, _held) as plain bytes at file offset 0x1000 + address (the classic format
+    and tape copies); holes of a sparse file are zero."""
+
+    _held = 0
+
+    def _read(self, paddr: int, size: int) -> bytes:
+        return self._read_file(HDR_SIZE + paddr, size)
+
+    def extents(self, start: int, end: int) -> Iterator[Extent]:
+        lo, hi = max(start, 0), min(end, self._held)
+        if lo < hi:
+            yield from file_extents(self._fd, lo, hi - lo, HDR_SIZE + lo)
+
+
+class S390Dump(LinearDump):
     """A single-volume s390 dump: memory [0, mem_size) at file offset 0x1000 + address."""
 
     format = "s390"
@@ -195,27 +223,10 @@ class S390Dump(FileImage):
 
     def _check_end_marker(self, size: int, mem_size: int, held: int) -> str | None:
         """Why the dump is incomplete, or None when the end marker is valid."""
-        em_off = HDR_SIZE + mem_size
         if held < mem_size:
             return (
                 f"the file is truncated: it holds {held:#x} of {mem_size:#x} bytes of "
                 "memory and no end marker"
             )
-        if size < em_off + EM_SIZE:
-            return f"no end marker: the file ends at {size:#x}, the marker belongs at {em_off:#x}"
-        em = DfS390Em.parse(self._read_file(em_off, EM_SIZE))
-        if em.magic != EM_STR:
-            return f"no end marker: the bytes at {em_off:#x} are {em.magic!r}, not b'DUMP_END'"
-        if em.tod < self.tod:
-            return f"the end marker's TOD {em.tod:#x} is earlier than the header's {self.tod:#x}"
-        self.end_tod = em.tod
-        return None
-
-    def _read(self, paddr: int, size: int) -> bytes:
-        return self._read_file(HDR_SIZE + paddr, size)
-
-    def extents(self, start: int, end: int) -> Iterator[Extent]:
-        """Memory is plain bytes at 0x1000 + address; holes of a sparse file are zero."""
-        lo, hi = max(start, 0), min(end, self._held)
-        if lo < hi:
-            yield from file_extents(self._fd, lo, hi - lo, HDR_SIZE + lo)
+        self.end_tod, why = end_marker(self._read_file, size, HDR_SIZE + mem_size, self.tod)
+        return why

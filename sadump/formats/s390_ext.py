@@ -38,12 +38,11 @@ from sadump.formats.memory import (
 from sadump.formats.s390 import (
     ARCH_64,
     CPU_MAX,
-    EM_SIZE,
-    EM_STR,
     HDR_SIZE,
     S390_EXT_MAGIC,
-    DfS390Em,
     DfS390Hdr,
+    LinearDump,
+    end_marker,
 )
 
 SEG_HDR_SIZE = 4096
@@ -224,18 +223,6 @@ def _held_part(p: Piece, file_size: int) -> Piece | None:
         return None
     return Piece(p.start, p.start + n * MIB, p.vol, p.off, p.entries[:n],
                  min(p.data_end, file_size), p.block)
-
-
-def end_marker(read, file_size: int, off: int, tod: int) -> tuple[int | None, str | None]:
-    """(end TOD, None) for a valid end marker at off, else (None, why not)."""
-    if off + EM_SIZE > file_size:
-        return None, f"no end marker: the file ends at {file_size:#x}, it belongs at {off:#x}"
-    em = DfS390Em.parse(read(off, EM_SIZE))
-    if em.magic != EM_STR:
-        return None, f"no end marker at {off:#x} (the bytes are {em.magic!r})"
-    if em.tod < tod:
-        return None, f"the end marker's TOD {em.tod:#x} is earlier than the header's {tod:#x}"
-    return em.tod, None
 
 
 # ---- inflating entries ---------------------------------------------------------------------
@@ -744,7 +731,7 @@ class S390MvDump(SegmentedMemory):
 
 # ---- tape copies ----------------------------------------------------------------------------
 
-class S390TapeDump(FileImage):
+class S390TapeDump(LinearDump):
     """A tape dump copied into a file (`dd bs=32k`): the 4 KiB header record (…FE), memory
     from address 0 in 32 KiB records, the end-marker record."""
 
@@ -785,11 +772,3 @@ class S390TapeDump(FileImage):
         self.dumper = facts_of(h, self.format, end_tod, False, 1, None)
         self._held = held
         self._set_ranges([(0, held)] if held else [])
-
-    def _read(self, paddr: int, size: int) -> bytes:
-        return self._read_file(HDR_SIZE + paddr, size)
-
-    def extents(self, start: int, end: int) -> Iterator[Extent]:
-        lo, hi = max(start, 0), min(end, self._held)
-        if lo < hi:
-            yield from file_extents(self._fd, lo, hi - lo, HDR_SIZE + lo)
