@@ -27,6 +27,7 @@ from construct import Array, Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
 from sadump.constants import MAX_PHYS_ADDR, MIB
 from sadump.errors import ImageError
+from sadump.formats.codecs import libdeflate_zlib
 from sadump.formats.memory import (
     DumperFacts,
     Extent,
@@ -227,23 +228,10 @@ def _held_part(p: Piece, file_size: int) -> Piece | None:
 
 # ---- inflating entries ---------------------------------------------------------------------
 
-def _libdeflate(data: bytes) -> bytes | None:
-    """libdeflate's inflate of one entry, or None where it is missing or refuses the stream
-    (then zlib says what is wrong)."""
-    try:
-        import deflate
-    except ImportError:
-        return None
-    try:
-        return deflate.zlib_decompress(data, ENTRY)
-    except deflate.DeflateError:
-        return None
-
-
 def inflate_entry(data: bytes, where: str) -> bytes:
     """One entry's zlib stream to exactly 1 MiB: libdeflate first, zlib for what it refuses;
     a stream that inflates past its MiB, ends short or is damaged is an ImageError."""
-    out = _libdeflate(data)
+    out = libdeflate_zlib(data, ENTRY)
     if out is not None and len(out) == ENTRY:
         return out
     d = zlib.decompressobj()
