@@ -49,8 +49,9 @@ headers, both bitmaps, 24 bytes of descriptor per page and the zero page, read f
 written file's header) with zstd's output. The "no check" / "read-back check" rows run
 with SADUMP_VERIFY=none / file (the default decodes each compressed page in memory); the
 "no pyelftools check" row shows what the check of each written ELF dump costs.
-"start-up" rows: sadump's time less the bare interpreter's (target: 50 ms); the "of which"
-rows show what importing sadump's chosen libraries alone adds to the bare interpreter.
+"start-up" rows: sadump's time less that of importing its chosen libraries alone (typer and
+construct; rich too where the text report uses it): the decided budget is 40 ms; the "of which"
+rows show what those imports add to the bare interpreter.
 """
 
 from __future__ import annotations
@@ -394,7 +395,7 @@ def rows_of(c: Case, floor: float | None) -> list[tuple[str, ...]]:
     if c.delta is not None or c.added:
         met = "" if c.delta is None else "yes" if ts - tr <= c.delta else "NO"
         rss_r = max(x.rss_kib for x in r) / 1024
-        return [(c.name, f"{ts:.3f} s", f"{c.ref_name} {tr:.3f} s", f"+{ts - tr:.3f} s", tv,
+        return [(c.name, f"{ts:.3f} s", f"{c.ref_name} {tr:.3f} s", f"{ts - tr:+.3f} s", tv,
                  "", "-", c.target, met, "-", f"{rss}/{rss_r:.0f}")]
     less = f"{max(ts - floor, 0) / tr:.2f}" if floor is not None else "-"
     cpu = f"{median(s, 'cpu') / max(median(r, 'cpu'), 1e-3):.2f}"
@@ -457,15 +458,18 @@ def build_cases(files: dict[str, Path | None], cold: bool, kdump_fmt: bool,
     floor = Case("sadump CLI floor (dump, no image)", [*SADUMP, "dump", "no-such-image", "-o",
                  "{out}"], None, out=False, ok=(4,))
     bare = [sys.executable, "-c", "pass"]
+    libs = [sys.executable, "-c", "import typer, construct"]
+    libs_rich = [sys.executable, "-c", "import typer, construct, rich.console, rich.table"]
     cases = [Case("python -c pass", bare, None, out=False, versus=False), floor,
-             Case("start-up: sadump --help", [*SADUMP, "--help"], bare, ref_name="python",
-                  out=False, delta=0.05, target="<= python + 0.05 s"),
+             # the decided budget: sadump's own share over its chosen libraries' imports
+             Case("start-up: sadump --help", [*SADUMP, "--help"], libs, ref_name="libraries",
+                  out=False, delta=0.04, target="<= typer, construct + 0.04 s"),
              Case("start-up: inspect-meminfo --sample", [*SADUMP, "inspect-meminfo",
-                  "--sample"], bare, ref_name="python", out=False, delta=0.05,
-                  target="<= python + 0.05 s"),
+                  "--sample"], libs_rich, ref_name="libraries", out=False, delta=0.04,
+                  target="<= typer, construct, rich + 0.04 s"),
              Case("start-up: inspect-meminfo --sample --json", [*SADUMP, "inspect-meminfo",
-                  "--sample", "--json"], bare, ref_name="python", out=False, delta=0.05,
-                  target="<= python + 0.05 s"),
+                  "--sample", "--json"], libs, ref_name="libraries", out=False, delta=0.04,
+                  target="<= typer, construct + 0.04 s"),
              # what any command pays before sadump's own code: the chosen CLI and layout
              # libraries' imports (typer brings click)
              Case("  of which: import typer, construct", [sys.executable, "-c",
